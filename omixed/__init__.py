@@ -1,0 +1,19 @@
+"""omixed: batch-effect removal for omics data with vectorized per-feature linear mixed models.
+
+Public namespaces follow scanpy: :mod:`omixed.pp` (preprocessing), :mod:`omixed.tl` (tools),
+:mod:`omixed.pl` (plots), :mod:`omixed.io` (readers), :mod:`omixed.datasets` (example data),
+and :mod:`omixed.lmm`, the AnnData-free engine.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("omixed")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+from . import datasets, io, lmm, pl, pp, tl
+
+__all__ = ["__version__", "datasets", "io", "lmm", "pl", "pp", "tl"]

@@ -1,0 +1,294 @@
+"""Fit one mixed model to many features: cross-products, optimization and estimates per chunk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+
+from ._objective import Layout, evaluate
+from ._optimize import minimize
+from ._result import LMMResult
+from ._spec import ModelSpec, aliased_mask, build_spec
+
+__all__ = ["fit"]
+
+_STARTS = (0.5, 1.0, 2.0)  # relative SDs tried before Newton; the best one starts each feature
+_DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class _Design:
+    """The shared design in elimination order: ``M = [Z_1 … Z_G X]`` and its layout."""
+
+    M: np.ndarray
+    layout: Layout
+    order: np.ndarray  # formula-order index of each term in elimination order
+    intercept: int | None  # column of X that is all ones, if any
+    fixed_names: tuple[str, ...]
+    term_names: tuple[str, ...]  # elimination order
+
+
+def _design(spec: ModelSpec) -> _Design:
+    order = np.argsort([-t.n_levels for t in spec.terms], kind="stable")
+    Z = [spec.terms[i].indicator() for i in order]
+    M = np.hstack([*Z, spec.X]) if Z else spec.X.copy()
+    layout = Layout(tuple(spec.terms[i].n_levels for i in order), spec.X.shape[1])
+    ones = np.flatnonzero(np.all(spec.X == 1.0, axis=0))
+    names = tuple(spec.terms[i].name for i in order)
+    intercept = int(ones[0]) if ones.size else None
+    return _Design(M, layout, order, intercept, spec.fixed_names, names)
+
+
+def _check_response(Y: np.ndarray, n_rows: int) -> np.ndarray:
+    Y = np.asarray(Y)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if Y.ndim != 2:
+        raise ValueError(f"Y must be a 2-D (rows × features) array, got {Y.ndim} dimensions")
+    if not np.issubdtype(Y.dtype, np.number) or np.issubdtype(Y.dtype, np.complexfloating):
+        raise ValueError(f"Y must be numeric, got dtype {Y.dtype}")
+    Y = Y.astype(np.float64, copy=False)
+    if Y.shape[0] != n_rows:
+        raise ValueError(
+            f"Y has {Y.shape[0]} rows but the data has {n_rows}; rows of Y are the data's rows "
+            "(transpose a features × samples matrix)"
+        )
+    inf = np.isinf(Y)
+    if inf.any():
+        rows, cols = np.nonzero(inf)
+        where = ", ".join(f"(row {r}, feature {c})" for r, c in zip(rows[:5], cols[:5], strict=True))
+        raise ValueError(
+            f"Y has {int(inf.sum())} infinite value(s), e.g. at {where}; use NaN for missing values"
+        )
+    return Y
+
+
+def fit(
+    Y: np.ndarray,
+    data: pd.DataFrame,
+    formula: str,
+    *,
+    reml: bool = True,
+    n_jobs: int = 1,
+    chunk_size: int | None = None,
+    feature_names: list[str] | pd.Index | None = None,
+    progress: bool | None = False,
+) -> LMMResult:
+    """Fit ``formula`` to every column of ``Y`` by REML (default) or ML.
+
+    Each feature is fit on its observed (non-NaN) rows only.  Features are processed in chunks,
+    each chunk as one batch of numpy arrays; ``n_jobs`` chunks run in parallel.  Results do not
+    depend on ``n_jobs`` or ``chunk_size``.
+
+    Parameters
+    ----------
+    Y
+        ``(n_rows, n_features)`` responses; NaN marks a missing value.
+    data
+        ``n_rows`` rows holding the formula's columns.
+    formula
+        lme4-style formula, e.g. ``"y ~ condition + (1|batch) + (1|donor)"``; the left-hand side
+        may be omitted.  Random terms are intercepts ``(1|g)``, crossed or nested ``(1|a:b)``.
+    reml
+        REML if true, else maximum likelihood.
+    n_jobs
+        Parallel worker processes over feature chunks (joblib).
+    chunk_size
+        Features per chunk; by default chosen to keep each chunk's arrays near 64 MiB.
+    feature_names
+        Names used as the index of the result tables.
+    progress
+        Show a progress bar over chunks (``None``: only for more than 10 chunks).
+
+    Returns
+    -------
+    :class:`~omixed.lmm.LMMResult` with criterion, variance components, fixed effects, standard
+    errors, BLUPs, convergence flags and reasons.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from omixed import lmm
+    >>> rng = np.random.default_rng(0)
+    >>> data = pd.DataFrame({"batch": np.repeat(list("abcd"), 6), "cond": np.tile(["x", "y"], 12)})
+    >>> Y = rng.normal(size=(24, 50)) + rng.normal(size=(4, 50)).repeat(6, axis=0)
+    >>> res = lmm.fit(Y, data, "~ cond + (1|batch)")
+    >>> res.variance.columns.tolist()
+    ['batch', 'Residual']
+    """
+    spec = build_spec(data, formula)
+    Y = _check_response(Y, spec.n_rows)
+    design = _design(spec)
+    m = Y.shape[1]
+    if feature_names is None:
+        feature_names = pd.RangeIndex(m)
+    feature_names = pd.Index(feature_names)
+    if len(feature_names) != m:
+        raise ValueError(f"{len(feature_names)} feature names for {m} features")
+    if chunk_size is None:
+        per_feature = 8 * (design.M.shape[1] + 1) ** 2 * 12  # A plus the optimizer's temporaries
+        chunk_size = int(max(64, min(8192, _DEFAULT_CHUNK_BYTES // per_feature)))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    bounds = list(range(0, m, chunk_size)) + [m]
+    chunks = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+
+    jobs = (delayed(_fit_chunk)(Y[:, a:b], design, reml) for a, b in chunks)
+    parallel = Parallel(n_jobs=n_jobs, return_as="generator")
+    pieces = parallel(jobs)
+    if progress or (progress is None and len(chunks) > 10):
+        from tqdm.auto import tqdm
+
+        pieces = tqdm(pieces, total=len(chunks), desc="fitting", unit="chunk")
+    parts = list(pieces)
+    merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
+    return LMMResult.from_arrays(spec, design.order, merged, feature_names, reml)
+
+
+def _cross_products(M: np.ndarray, Y: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``A[f] = [M y_f]' diag(w_f) [M y_f]`` for every feature, ``(m, D+1, D+1)``."""
+    n, D = M.shape
+    m = Y.shape[1]
+    A = np.empty((m, D + 1, D + 1))
+    outer = (M[:, :, None] * M[:, None, :]).reshape(n, D * D)
+    A[:, :D, :D] = (W.T @ outer).reshape(m, D, D)
+    wy = W * Y
+    A[:, D, :D] = A[:, :D, D] = wy.T @ M
+    A[:, D, D] = (wy * Y).sum(axis=0)
+    return A
+
+
+def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarray]:
+    layout = design.layout
+    n, m = Y.shape
+    q, p = layout.q, layout.p
+    W = np.isfinite(Y).astype(np.float64)
+    n_obs = W.sum(axis=0)
+    Y0 = np.where(W > 0, Y, 0.0)
+    safe_n = np.maximum(n_obs, 1.0)
+    mean = Y0.sum(axis=0) / safe_n
+    spread = np.sqrt((W * (Y0 - mean) ** 2).sum(axis=0) / safe_n)
+    center = mean if design.intercept is not None else np.zeros(m)
+    scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+    Ys = np.where(W > 0, (Y - center) / scale, 0.0)
+    A = _cross_products(design.M, Ys, W)
+
+    reason = np.full(m, "", dtype=object)
+    notes = [[] for _ in range(m)]
+    # Fixed effects not estimable from this feature's rows are dropped (as lme4 does).
+    aliased = aliased_mask(A[:, q:, q:])
+    dropped = aliased[:, :p]
+    fits_exactly = aliased[:, p]
+    x_idx = np.arange(q, q + p)
+    for f, c in zip(*np.nonzero(dropped), strict=True):
+        A[f, x_idx[c], :] = 0.0
+        A[f, :, x_idx[c]] = 0.0
+        A[f, x_idx[c], x_idx[c]] = 1.0
+        notes[f].append(f"{design.fixed_names[c]} not estimable from the observed rows (dropped)")
+    p_eff = p - dropped.sum(axis=1)
+
+    # A term seen at fewer than two levels in this feature has no estimable variance.
+    term_of = layout.term_of()
+    counts = np.diagonal(A[:, :q, :q], axis1=1, axis2=2)
+    levels_seen = np.stack(
+        [(counts[:, term_of == j] > 0).sum(axis=1) for j in range(layout.n_theta)], axis=1
+    ) if layout.n_theta else np.zeros((m, 0), dtype=int)
+    fixed = levels_seen < 2
+    for f, j in zip(*np.nonzero(fixed), strict=True):
+        notes[f].append(f"{design.term_names[j]} has < 2 observed levels: variance fixed at 0")
+
+    reason[n_obs - p_eff < 1] = "fewer observations than fixed effects + 1"
+    reason[fits_exactly & (n_obs - p_eff >= 1)] = "values are fit exactly by the fixed effects"
+    reason[(spread == 0) & (n_obs > 0)] = "constant values"
+    reason[n_obs == 0] = "all values missing"
+    ok = reason == ""
+
+    rows = np.flatnonzero(ok)
+    A_ok, n_ok, p_ok = A[rows], n_obs[rows], p_eff[rows].astype(np.float64)
+
+    def objective(theta, sub, gradient):
+        return evaluate(theta, A_ok[sub], layout, n_ok[sub], p_ok[sub], reml=reml, gradient=gradient)
+
+    k = layout.n_theta
+    theta = np.full((m, k), np.nan)
+    crit = np.full(m, np.nan)
+    converged = np.zeros(m, dtype=bool)
+    n_iter = np.zeros(m, dtype=np.int64)
+    if rows.size and k:
+        starts = np.broadcast_to(np.array(_STARTS)[:, None, None], (len(_STARTS), rows.size, k))
+        opt = minimize(objective, starts, fixed[rows])
+        theta[rows], crit[rows] = opt.theta, opt.fmin
+        converged[rows], n_iter[rows] = opt.converged, opt.n_iter
+        reason[rows] = np.where(opt.message == "", reason[rows], opt.message)
+    elif rows.size:
+        theta[rows] = np.zeros((rows.size, 0))
+        crit[rows], _ = evaluate(theta[rows], A_ok, layout, n_ok, p_ok, reml=reml)
+        converged[rows] = True
+
+    est = _estimates(theta[rows], A_ok, layout, n_ok, p_ok, reml)
+    beta = np.full((m, p), np.nan)
+    se = np.full((m, p), np.nan)
+    blup = np.full((m, q), np.nan)
+    sigma2 = np.full(m, np.nan)
+    beta[rows], se[rows], blup[rows], sigma2[rows] = est
+    beta[dropped] = se[dropped] = np.nan
+    blup[counts == 0] = np.nan
+
+    # Back to the data's scale: y = center + scale * ys.
+    if design.intercept is not None:
+        beta[:, design.intercept] += np.where(ok, center, np.nan) / scale
+    beta *= scale[:, None]
+    se *= scale[:, None]
+    blup *= scale[:, None]
+    sigma2 *= scale**2
+    dof = (n_obs - p_eff) if reml else n_obs
+    crit = crit + dof * np.log(scale**2)
+
+    return {
+        "criterion": crit,
+        "theta": theta,
+        "beta": beta,
+        "se": se,
+        "blup": blup,
+        "sigma2": sigma2,
+        "converged": converged & ok,
+        "reason": reason,
+        "notes": np.array(["; ".join(n) for n in notes], dtype=object),
+        "n_obs": n_obs.astype(np.int64),
+        "n_iter": n_iter,
+        "dropped": dropped,
+    }
+
+
+def _estimates(
+    theta: np.ndarray,
+    A: np.ndarray,
+    layout: Layout,
+    n_obs: np.ndarray,
+    p_eff: np.ndarray,
+    reml: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """β̂, SE(β̂), BLUPs Λũ and σ̂² at θ from one dense solve of the full system.
+
+    With ``Ω = S A S + diag(I_q, 0, 0)``, the leading ``(q+p)`` block solves the penalized
+    normal equations for ``(ũ, β̂)``; ``r² = Ω_yy − Ω_y·(ũ, β̂)``, and
+    ``Cov(β̂) = σ̂² (R_X'R_X)⁻¹`` is the β block of that block's inverse.
+    """
+    m = A.shape[0]
+    q, p = layout.q, layout.p
+    D = q + p
+    s = np.ones((m, D + 1))
+    s[:, :q] = theta[:, layout.term_of()]
+    Omega = A * s[:, :, None] * s[:, None, :]
+    idx = np.arange(q)
+    Omega[:, idx, idx] += 1.0
+    inv = np.linalg.inv(Omega[:, :D, :D])
+    sol = np.einsum("mij,mj->mi", inv, Omega[:, :D, D])
+    r2 = Omega[:, D, D] - np.einsum("mi,mi->m", Omega[:, D, :D], sol)
+    sigma2 = r2 / ((n_obs - p_eff) if reml else n_obs)
+    cov_diag = np.diagonal(inv, axis1=1, axis2=2)[:, q:]
+    se = np.sqrt(sigma2[:, None] * cov_diag)
+    return sol[:, q:], se, s[:, :q] * sol[:, :q], sigma2

@@ -1,0 +1,158 @@
+"""The result of fitting one mixed model to many features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ._spec import ModelSpec
+
+__all__ = ["LMMResult"]
+
+
+@dataclass
+class LMMResult:
+    """Per-feature estimates of one mixed model fit to many features.
+
+    Attributes
+    ----------
+    spec
+        The model specification (fixed-effects matrix, random terms and their levels).
+    reml
+        Whether the criterion is REML (else ML).
+    criterion
+        REML criterion (−2 × restricted log-likelihood) or ML deviance per feature, on lme4's
+        scale (``REMLcrit()`` / ``deviance()``).
+    theta
+        Relative standard deviations θ_g = σ_g / σ, features × random terms.
+    variance
+        Variance components, features × (random terms, ``"Residual"``).
+    beta, se
+        Fixed effects and their standard errors, features × fixed-effect names; NaN for
+        coefficients not estimable from a feature's observed rows.
+    blup
+        Conditional modes per random term: ``{term: DataFrame(features × levels)}``; NaN for
+        levels not observed in a feature.
+    converged
+        Whether the fit converged (False for features that could not be fit).
+    reason
+        Why a feature did not converge or could not be fit (empty string otherwise).
+    notes
+        Adjustments made for a feature that was fit (dropped coefficients, fixed variances).
+    n_obs
+        Observations used per feature.
+    n_iter
+        Newton iterations per feature.
+    """
+
+    spec: ModelSpec
+    reml: bool
+    criterion: pd.Series
+    theta: pd.DataFrame
+    variance: pd.DataFrame
+    beta: pd.DataFrame
+    se: pd.DataFrame
+    blup: dict[str, pd.DataFrame]
+    converged: pd.Series
+    reason: pd.Series
+    notes: pd.Series
+    n_obs: pd.Series
+    n_iter: pd.Series
+
+    @property
+    def feature_names(self) -> pd.Index:
+        return self.criterion.index
+
+    @property
+    def n_features(self) -> int:
+        return len(self.criterion)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        spec: ModelSpec,
+        order: np.ndarray,
+        arrays: dict[str, np.ndarray],
+        index: pd.Index,
+        reml: bool,
+    ) -> LMMResult:
+        """Assemble a result from per-chunk arrays in elimination order (see ``_fit``)."""
+        names = list(spec.term_names)
+        back = np.argsort(order)  # elimination position of each formula-order term
+        theta = arrays["theta"][:, back] if len(names) else np.zeros((len(index), 0))
+        sigma2 = arrays["sigma2"]
+        variance = np.column_stack([sigma2[:, None] * theta**2, sigma2])
+        sizes = [spec.terms[i].n_levels for i in order]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        blup = {}
+        for pos, term_idx in enumerate(order):
+            term = spec.terms[term_idx]
+            block = arrays["blup"][:, offsets[pos] : offsets[pos + 1]]
+            blup[term.name] = pd.DataFrame(block, index=index, columns=list(term.levels))
+        blup = {name: blup[name] for name in names}
+        return cls(
+            spec=spec,
+            reml=reml,
+            criterion=pd.Series(arrays["criterion"], index=index, name="criterion"),
+            theta=pd.DataFrame(theta, index=index, columns=names),
+            variance=pd.DataFrame(variance, index=index, columns=[*names, "Residual"]),
+            beta=pd.DataFrame(arrays["beta"], index=index, columns=list(spec.fixed_names)),
+            se=pd.DataFrame(arrays["se"], index=index, columns=list(spec.fixed_names)),
+            blup=blup,
+            converged=pd.Series(arrays["converged"], index=index, name="converged"),
+            reason=pd.Series(arrays["reason"], index=index, name="reason", dtype=object),
+            notes=pd.Series(arrays["notes"], index=index, name="notes", dtype=object),
+            n_obs=pd.Series(arrays["n_obs"], index=index, name="n_obs"),
+            n_iter=pd.Series(arrays["n_iter"], index=index, name="n_iter"),
+        )
+
+    def summary(self) -> pd.DataFrame:
+        """One row per feature: criterion, convergence, variance components, β and SE."""
+        parts = [
+            self.criterion,
+            self.converged,
+            self.reason,
+            self.notes,
+            self.n_obs,
+            self.variance.add_prefix("var_"),
+            self.beta.add_prefix("beta_"),
+            self.se.add_prefix("se_"),
+        ]
+        return pd.concat(parts, axis=1)
+
+    @classmethod
+    def concat(cls, results: list[LMMResult], order: pd.Index | None = None) -> LMMResult:
+        """Stack results of the same formula fit to different features (e.g. shape buckets).
+
+        BLUP tables are aligned on the union of levels (NaN where a level is absent).  ``spec``
+        is that of the last result; ``order`` reorders the features.
+        """
+        if not results:
+            raise ValueError("nothing to concatenate")
+        first = results[0]
+        for res in results[1:]:
+            if res.spec.fixed_names != first.spec.fixed_names or res.reml != first.reml:
+                raise ValueError("results differ in fixed effects or REML/ML; cannot concatenate")
+
+        def stack(attr: str):
+            out = pd.concat([getattr(r, attr) for r in results])
+            return out.loc[order] if order is not None else out
+
+        blup = {}
+        for name in first.blup:
+            out = pd.concat([r.blup[name] for r in results])
+            blup[name] = out.loc[order] if order is not None else out
+        return cls(
+            spec=results[-1].spec,
+            reml=first.reml,
+            blup=blup,
+            **{
+                attr: stack(attr)
+                for attr in (
+                    "criterion", "theta", "variance", "beta", "se",
+                    "converged", "reason", "notes", "n_obs", "n_iter",
+                )
+            },
+        )
