@@ -149,31 +149,31 @@ def fit(
 
 
 def _cross_products(M: np.ndarray, Y: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """``A[f] = [M y_f]' diag(w_f) [M y_f]`` for every feature, ``(m, D+1, D+1)``."""
-    n, D = M.shape
-    m = Y.shape[1]
-    A = np.empty((m, D + 1, D + 1))
-    outer = (M[:, :, None] * M[:, None, :]).reshape(n, D * D)
-    A[:, :D, :D] = (W.T @ outer).reshape(m, D, D)
-    wy = W * Y
-    A[:, D, :D] = A[:, :D, D] = wy.T @ M
-    A[:, D, D] = (wy * Y).sum(axis=0)
-    return A
+    """``A[f] = [M y_f]' diag(w_f) [M y_f]`` for features × rows ``Y`` and ``W``, ``(m, D+1, D+1)``.
+
+    Computed as one small product per feature (a stacked matmul) rather than one large GEMM
+    over features, whose blocking would make the sums depend on the chunk's size.
+    """
+    MY = np.concatenate([np.broadcast_to(M, (Y.shape[0], *M.shape)), Y[:, :, None]], axis=2)
+    return (MY * W[:, :, None]).transpose(0, 2, 1) @ MY
 
 
 def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarray]:
     layout = design.layout
     n, m = Y.shape
     q, p = layout.q, layout.p
-    W = np.isfinite(Y).astype(np.float64)
-    n_obs = W.sum(axis=0)
-    Y0 = np.where(W > 0, Y, 0.0)
+    # Features × rows, contiguous: every per-feature reduction runs along the last axis, so its
+    # summation order (and the result, bitwise) does not depend on how many features share a chunk.
+    Yt = np.ascontiguousarray(Y.T)
+    W = np.isfinite(Yt).astype(np.float64)
+    n_obs = W.sum(axis=1)
+    Y0 = np.where(W > 0, Yt, 0.0)
     safe_n = np.maximum(n_obs, 1.0)
-    mean = Y0.sum(axis=0) / safe_n
-    spread = np.sqrt((W * (Y0 - mean) ** 2).sum(axis=0) / safe_n)
+    mean = Y0.sum(axis=1) / safe_n
+    spread = np.sqrt((W * (Y0 - mean[:, None]) ** 2).sum(axis=1) / safe_n)
     center = mean if design.intercept is not None else np.zeros(m)
     scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
-    Ys = np.where(W > 0, (Y - center) / scale, 0.0)
+    Ys = np.where(W > 0, (Yt - center[:, None]) / scale[:, None], 0.0)
     A = _cross_products(design.M, Ys, W)
 
     reason = np.full(m, "", dtype=object)

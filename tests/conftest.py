@@ -1,0 +1,89 @@
+"""Shared fixtures: the independent lme4 reference fits in ../shared/reference and small designs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+
+REFERENCE = Path(os.environ.get("OMIXED_REFERENCE", Path(__file__).parents[1] / ".." / "shared" / "reference"))
+
+
+def _reference_file(name: str) -> Path:
+    path = REFERENCE / name
+    if not path.exists():
+        pytest.fail(f"reference file {path} not found (set OMIXED_REFERENCE to shared/reference)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lme4_classic() -> dict:
+    """lme4 fits of the classic data sets (Dyestuff, Penicillin, Pastes, sleepstudy)."""
+    return json.loads(_reference_file("lme4_classic.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def classic_data():
+    """Loader for the classic data sets by file name."""
+    return lambda name: pd.read_csv(_reference_file(name))
+
+
+def _wide(long: pd.DataFrame, design_cols: list[str]) -> tuple[np.ndarray, pd.DataFrame, pd.Index]:
+    wide = long.pivot(index="sample", columns="feature", values="y")
+    design = long.drop_duplicates("sample").set_index("sample").loc[wide.index, design_cols]
+    return wide.to_numpy(), design.reset_index(), wide.columns
+
+
+@pytest.fixture(scope="session")
+def sim_genes():
+    """(Y, design, feature names, lme4 table) of the simulated gene-level design."""
+    long = pd.read_csv(_reference_file("sim_genes.csv"))
+    Y, design, names = _wide(long, ["batch", "donor", "condition"])
+    ref = pd.read_csv(_reference_file("sim_genes_lme4.csv"))
+    ref = ref.pivot(index="feature", columns="term", values="value").loc[names]
+    return Y, design, names, ref
+
+
+@pytest.fixture(scope="session")
+def sim_peptides():
+    """(long table, sample design, lme4 table) of the simulated peptide-level design."""
+    long = pd.read_csv(_reference_file("sim_peptides.csv"))
+    design = long.drop_duplicates("sample").set_index("sample")[["batch", "condition"]]
+    ref = pd.read_csv(_reference_file("sim_peptides_lme4.csv"))
+    ref = ref.pivot(index="feature", columns="term", values="value")
+    return long, design, ref
+
+
+def crossed_design(n_batch=4, n_donor=8, reps=3, seed=0) -> pd.DataFrame:
+    """Batches crossed with donors (donors nested in condition), ``reps`` samples per donor."""
+    rng = np.random.default_rng(seed)
+    donors = np.repeat([f"D{i:02d}" for i in range(n_donor)], reps)
+    cond = np.where(np.repeat(np.arange(n_donor), reps) < n_donor // 2, "control", "treated")
+    batch = np.array([f"B{i}" for i in rng.integers(0, n_batch, size=donors.size)])
+    batch[:n_batch] = [f"B{i}" for i in range(n_batch)]
+    return pd.DataFrame({"batch": batch, "donor": donors, "condition": cond})
+
+
+def simulate(design: pd.DataFrame, n_features=50, sd=(0.7, 0.5, 0.4), missing=0.0, seed=1):
+    """Responses with batch, donor and residual SDs ``sd`` and a condition effect."""
+    rng = np.random.default_rng(seed)
+    n = len(design)
+    b = pd.factorize(design["batch"])[0]
+    d = pd.factorize(design["donor"])[0]
+    Y = (
+        rng.normal(20, 2, n_features)
+        + (design["condition"].to_numpy() == "treated")[:, None] * rng.normal(0, 1, n_features)
+        + rng.normal(0, sd[0], (b.max() + 1, n_features))[b]
+        + rng.normal(0, sd[1], (d.max() + 1, n_features))[d]
+        + rng.normal(0, sd[2], (n, n_features))
+    )
+    if missing:
+        Y[rng.random(Y.shape) < missing] = np.nan
+    return Y

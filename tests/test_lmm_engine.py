@@ -1,0 +1,168 @@
+"""Engine behaviour: invariances, per-feature problems as flags, clear errors, internals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import crossed_design, simulate
+
+from omixed import lmm
+from omixed.lmm._objective import Layout, evaluate
+from omixed.lmm._spec import aliased_mask
+
+FORMULA = "~ condition + (1|batch) + (1|donor)"
+
+
+@pytest.fixture(scope="module")
+def crossed():
+    design = crossed_design()
+    return design, simulate(design, n_features=40, missing=0.15)
+
+
+def test_results_do_not_depend_on_chunks_or_jobs(crossed):
+    design, Y = crossed
+    ref = lmm.fit(Y, design, FORMULA)
+    for kwargs in ({"chunk_size": 7}, {"chunk_size": 1}, {"n_jobs": 2, "chunk_size": 13}):
+        other = lmm.fit(Y, design, FORMULA, **kwargs)
+        pd.testing.assert_series_equal(other.criterion, ref.criterion, check_exact=True)
+        pd.testing.assert_frame_equal(other.beta, ref.beta, check_exact=True)
+        pd.testing.assert_frame_equal(other.variance, ref.variance, check_exact=True)
+        pd.testing.assert_frame_equal(other.blup["batch"], ref.blup["batch"], check_exact=True)
+
+
+def test_permuting_rows_and_features_permutes_results(crossed):
+    design, Y = crossed
+    ref = lmm.fit(Y, design, FORMULA)
+    rows = np.random.default_rng(3).permutation(len(design))
+    cols = np.arange(Y.shape[1])[::-1]
+    res = lmm.fit(Y[rows][:, cols], design.iloc[rows], FORMULA)
+    np.testing.assert_allclose(res.criterion.to_numpy(), ref.criterion.to_numpy()[cols], rtol=1e-9)
+    np.testing.assert_allclose(res.beta.to_numpy(), ref.beta.to_numpy()[cols], rtol=1e-6, atol=1e-8)
+
+
+def test_shift_changes_only_intercept_and_scale_is_equivariant(crossed):
+    design, Y = crossed
+    ref = lmm.fit(Y, design, FORMULA)
+    shifted = lmm.fit(Y + 1000.0, design, FORMULA)
+    np.testing.assert_allclose(shifted.criterion, ref.criterion, rtol=1e-9)
+    np.testing.assert_allclose(shifted.beta["Intercept"], ref.beta["Intercept"] + 1000.0, rtol=1e-10)
+    np.testing.assert_allclose(shifted.beta.iloc[:, 1], ref.beta.iloc[:, 1], rtol=1e-6, atol=1e-9)
+    for c in (1e-6, 1e6):
+        scaled = lmm.fit(Y * c, design, FORMULA)
+        np.testing.assert_allclose(scaled.theta, ref.theta, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(scaled.variance, ref.variance * c**2, rtol=1e-6, atol=1e-8 * c**2)
+        nu = ref.n_obs - 2  # REML criterion shifts by ν log c²
+        np.testing.assert_allclose(scaled.criterion, ref.criterion + nu * np.log(c**2), rtol=1e-9)
+
+
+def test_criterion_at_optimum_beats_start_and_boundary(crossed):
+    design, Y = crossed
+    res = lmm.fit(Y, design, FORMULA)
+    other = lmm.fit(Y, design, "~ condition")  # θ = 0 is the model without random effects
+    assert (res.criterion <= other.criterion + 1e-9).all()
+    assert (res.theta >= 0).all().all()
+    assert (res.variance >= 0).all().all()
+
+
+def test_unfittable_features_are_flagged_not_raised():
+    design = crossed_design()
+    Y = simulate(design, n_features=6)
+    Y[:, 0] = np.nan  # all missing
+    Y[:, 1] = 3.0  # constant
+    keep = [0, int(np.flatnonzero(design["condition"] == "treated")[0])]
+    Y[np.setdiff1d(np.arange(len(design)), keep), 2] = np.nan  # 2 observations, 2 fixed effects
+    Y[design["condition"] == "treated", 3] = np.nan  # condition never observed
+    Y[design["batch"] != "B0", 4] = np.nan  # one batch only
+    res = lmm.fit(Y, design, FORMULA)
+    assert res.reason.iloc[0] == "all values missing"
+    assert res.reason.iloc[1] == "constant values"
+    assert "fewer observations" in res.reason.iloc[2]
+    assert not res.converged.iloc[:3].any()
+    assert res.criterion.iloc[:3].isna().all() and res.beta.iloc[:3].isna().all().all()
+    # Feature 3: the condition coefficient is not estimable and reported as NaN, the rest is fit.
+    assert res.converged.iloc[3] and np.isnan(res.beta.iloc[3, 1]) and np.isfinite(res.beta.iloc[3, 0])
+    assert "condition[T.treated] not estimable" in res.notes.iloc[3]
+    # Feature 4: a single observed batch level: batch variance fixed at 0.
+    assert res.converged.iloc[4] and res.variance["batch"].iloc[4] == 0.0
+    assert "batch has < 2 observed levels" in res.notes.iloc[4]
+    assert res.blup["batch"].iloc[4].drop("B0").isna().all()
+    assert res.converged.iloc[5] and res.reason.iloc[5] == ""
+
+
+def test_rank_deficient_feature_matches_fit_without_that_column():
+    design = crossed_design()
+    Y = simulate(design, n_features=3)
+    Y[design["condition"] == "treated", :] = np.nan
+    full = lmm.fit(Y, design, FORMULA)
+    reduced = lmm.fit(Y, design, "~ 1 + (1|batch) + (1|donor)")
+    np.testing.assert_allclose(full.criterion, reduced.criterion, rtol=1e-9)
+    np.testing.assert_allclose(full.beta["Intercept"], reduced.beta["Intercept"], rtol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("formula", "message"),
+    [
+        ("~ condition + (1|plate)", "'plate'.*available columns"),
+        ("~ treatment + (1|batch)", "treatment.*not found"),
+        ("~ condition + cond2 + (1|batch)", "rank deficient.*cond2"),
+        ("~ condition + (1|batch", "unbalanced"),
+        ("condition + (1|batch)", "'~'"),
+        ("~ condition + 1|batch", "parentheses"),
+    ],
+)
+def test_bad_formulas_raise_clear_errors(formula, message):
+    design = crossed_design().assign(cond2=lambda d: d["condition"])
+    Y = simulate(design, n_features=2)
+    with pytest.raises(ValueError, match=message):
+        lmm.fit(Y, design, formula)
+
+
+def test_bad_responses_raise_clear_errors():
+    design = crossed_design()
+    Y = simulate(design, n_features=3)
+    with pytest.raises(ValueError, match="rows"):
+        lmm.fit(Y[:-1], design, FORMULA)
+    Y[2, 1] = np.inf
+    with pytest.raises(ValueError, match=r"1 infinite value.*row 2, feature 1"):
+        lmm.fit(Y, design, FORMULA)
+    with pytest.raises(ValueError, match="numeric"):
+        lmm.fit(np.full((len(design), 2), "a"), design, FORMULA)
+
+
+def test_parse_formula_handles_nesting_and_no_lhs():
+    fixed, random = lmm.parse_formula("strength ~ 1 + (1|batch) + (1 | batch:cask)")
+    assert fixed == "1"
+    assert random == [("1", "|", "batch"), ("1", "|", "batch:cask")]
+    assert lmm.parse_formula("~ a*b + (1|g)")[0] == "a*b"
+
+
+def test_aliased_mask_finds_later_dependent_columns():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 3))
+    X = np.column_stack([X, X[:, 0] + 2 * X[:, 2], rng.normal(size=20)])
+    assert aliased_mask((X.T @ X)[None])[0].tolist() == [False, False, False, True, False]
+
+
+def test_gradient_matches_finite_differences(crossed):
+    design, Y = crossed
+    spec = lmm.build_spec(design, FORMULA)
+    Z = [spec.terms[1].indicator(), spec.terms[0].indicator()]  # donor (8 levels) first
+    M = np.hstack([*Z, spec.X])
+    y = np.nan_to_num(Y[:, :4])
+    w = np.isfinite(Y[:, :4]).astype(float)
+    A = np.stack([(np.column_stack([M, y[:, f]]) * w[:, f, None]).T @ np.column_stack([M, y[:, f]]) for f in range(4)])
+    layout = Layout((8, 4), 2)
+    n = w.sum(0)
+    theta = np.array([[0.7, 1.3], [0.0, 0.4], [2.0, 0.0], [0.3, 0.3]])
+    for reml in (True, False):
+        _, g = evaluate(theta, A, layout, n, np.full(4, 2.0), reml=reml, gradient=True)
+        h = 1e-6
+        for j in range(2):
+            tp, tm = theta.copy(), theta.copy()
+            tp[:, j] += h
+            tm[:, j] = np.maximum(tm[:, j] - h, 0.0)
+            fp, _ = evaluate(tp, A, layout, n, np.full(4, 2.0), reml=reml)
+            fm, _ = evaluate(tm, A, layout, n, np.full(4, 2.0), reml=reml)
+            fd = (fp - fm) / (tp[:, j] - tm[:, j])
+            np.testing.assert_allclose(g[:, j], fd, rtol=1e-5, atol=1e-5)
