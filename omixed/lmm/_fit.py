@@ -202,7 +202,7 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
 
     reason[n_obs - p_eff < 1] = "fewer observations than fixed effects + 1"
     reason[fits_exactly & (n_obs - p_eff >= 1)] = "values are fit exactly by the fixed effects"
-    reason[(spread == 0) & (n_obs > 0)] = "constant values"
+    reason[(spread == 0) & (n_obs > 1)] = "constant values"
     reason[n_obs == 0] = "all values missing"
     ok = reason == ""
 
