@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -41,20 +41,49 @@ def fixed_contribution(adata: AnnData, key: str, term: str) -> np.ndarray:
     return spec.X[:, cols] @ np.nan_to_num(beta).T
 
 
+def unshrunk_contribution(adata: AnnData, key: str, term: str, layer: str | None) -> np.ndarray:
+    """Contribution of a random term estimated without shrinkage (GLS, other terms kept random).
+
+    The term is refit as a fixed factor with sum-to-zero coding, so its effects are deviations
+    from the mean level, while the remaining random terms stay random; this is limma's
+    ``removeBatchEffect`` with crossed donors/samples handled by the mixed model.
+    """
+    info = fit_info(adata, key)
+    fixed, random = lmm.parse_formula(info["formula"])
+    others = "".join(f" + ({e}{bars}{g})" for e, bars, g in random if g != term)
+    obs = adata.obs.copy()
+    column = "_omixed_removed"
+    obs[column] = design_codes(obs, list(info["terms"][term]["group"]))
+    formula = f"~ {fixed} + C({column}, contr.sum){others}"
+    res = lmm.fit(get_matrix(adata, layer), obs, formula, reml=info["reml"])
+    cols = [i for i, name in enumerate(res.spec.fixed_names) if name.startswith(f"C({column}")]
+    return res.spec.X[:, cols] @ np.nan_to_num(res.beta.to_numpy()[:, cols]).T
+
+
 def correct(
     adata: AnnData,
     *,
     key: str = "lmm",
     remove: Sequence[str] = ("batch",),
+    method: Literal["blup", "full"] = "blup",
     layer: str | None = None,
     layer_added: str = "corrected",
     copy: bool = False,
 ) -> AnnData | None:
     """Subtract the fitted contribution of ``remove`` terms from the data.
 
-    For a random term the contribution of a sample is its level's BLUP (conditional mode), the
-    best linear unbiased predictor of the batch effect under the model; for a fixed term (a
-    nuisance covariate, as in limma's ``removeBatchEffect``) it is ``X_t β_t``.  Missing values
+    For a random term, ``method`` chooses the estimate of each level's effect:
+
+    ``"blup"`` (default)
+        The BLUP (conditional mode): the best predictor of the batch effect under the model,
+        closest to the batch-free truth, but shrunk toward zero, so a small part of each
+        batch's shift stays (the less data per batch, the more).
+    ``"full"``
+        The unshrunk GLS estimate (the term refit as a sum-coded fixed factor, the other random
+        terms kept random): batch means are removed completely, as limma's
+        ``removeBatchEffect`` does, at the cost of also removing their sampling noise.
+
+    For a fixed term (a nuisance covariate) the contribution is ``X_t β_t``.  Missing values
     stay missing.  Features that could not be fit are left unchanged.
 
     Parameters
@@ -65,6 +94,8 @@ def correct(
         The ``key_added`` of that fit.
     remove
         Terms to remove: random-term names (``"batch"``, ``"batch:cask"``) or fixed terms.
+    method
+        ``"blup"`` or ``"full"`` (see above).
     layer
         The data to correct; by default the layer the fit used.
     layer_added
@@ -108,16 +139,23 @@ def correct(
                 UserWarning,
                 stacklevel=2,
             )
+    if method not in ("blup", "full"):
+        raise ValueError(f"method must be 'blup' or 'full', got {method!r}")
     if layer is None:
         layer = info["layer"] or None
     values = get_matrix(adata, layer)
     for term in remove:
-        part = random_contribution if term in random_terms else fixed_contribution
-        values -= part(adata, key, term)
+        if term not in random_terms:
+            values -= fixed_contribution(adata, key, term)
+        elif method == "full":
+            values -= unshrunk_contribution(adata, key, term, layer)
+        else:
+            values -= random_contribution(adata, key, term)
     set_matrix(adata, values, layer_added)
     unfit = ~adata.var[f"{key}_converged"].to_numpy(dtype=bool)
     adata.uns[f"{key}_correct"] = {
         "removed": list(remove),
+        "method": method,
         "layer": "" if layer is None else layer,
         "layer_added": layer_added,
         "n_unchanged": int(unfit.sum()),
