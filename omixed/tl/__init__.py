@@ -1,8 +1,9 @@
-"""Tools: fit per-feature mixed models, remove batch effects, partition variance, meta-analysis."""
+"""Tools: per-feature mixed models, batch removal, variance partition, proteins, meta-analysis."""
 
 from ._correct import correct
 from ._fit import fit
 from ._meta import meta
+from ._proteins import summarize_proteins
 from ._varpart import variance_partition
 
-__all__ = ["correct", "fit", "meta", "variance_partition"]
+__all__ = ["correct", "fit", "meta", "summarize_proteins", "variance_partition"]

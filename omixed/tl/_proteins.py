@@ -1,0 +1,148 @@
+"""``tl.summarize_proteins``: peptide-level mixed models summarised to protein abundances."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .. import lmm
+from .._utils import get_matrix
+from ._fit import design_codes, store
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+_DEFAULT = "~ condition + (1|batch) + (1|sample) + (1|peptide)"
+
+
+def summarize_proteins(
+    adata: AnnData,
+    *,
+    protein_key: str = "protein",
+    formula: str = _DEFAULT,
+    layer: str | None = None,
+    reml: bool = True,
+    key_added: str = "lmm",
+    n_jobs: int = 1,
+    min_peptides: int = 1,
+    remove: tuple[str, ...] = ("batch",),
+    progress: bool | None = None,
+) -> AnnData:
+    """Fit one mixed model per protein on its peptide × sample values and summarise to proteins.
+
+    The model (MSqRob/msqrob2's) is, per protein, ``y ~ condition + (1|batch) + (1|sample) +
+    (1|peptide)`` on that protein's observed peptide intensities (log scale).  ``sample`` is the
+    AnnData's observation and ``peptide`` its variable; both names are reserved in the formula.
+    Proteins are bucketed by number of peptides and each bucket is one vectorized fit.
+
+    Parameters
+    ----------
+    adata
+        Samples × peptides on the log scale; ``var[protein_key]`` names each peptide's protein.
+    protein_key
+        Column of ``adata.var`` with the protein of each peptide.
+    formula
+        Model per protein; ``(1|sample)`` and ``(1|peptide)`` refer to observations and variables.
+    layer
+        Use ``adata.layers[layer]`` instead of ``adata.X``.
+    reml
+        REML (default) or ML.
+    key_added
+        Prefix of the stored fit results (as in :func:`omixed.tl.fit`).
+    n_jobs
+        Worker processes per bucket.
+    min_peptides
+        Proteins with fewer observed peptides are left out (counted in ``uns``).
+    remove
+        Random terms subtracted for ``layers["corrected"]``.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    Samples × proteins AnnData: ``X`` is the protein abundance per sample (fixed effects plus the
+    random effects of every term but ``peptide``, i.e. adjusted for peptide ionisation), NaN for
+    samples where the protein was not observed; ``layers["corrected"]`` is ``X`` without the
+    ``remove`` terms' BLUPs; ``var["n_peptides"]`` and every result :func:`omixed.tl.fit` writes.
+    Single-peptide proteins are fit without the peptide term (noted in ``var[f"{key}_notes"]``);
+    coefficients not estimable for a protein are NaN.
+
+    Examples
+    --------
+    >>> import omixed
+    >>> peptides = omixed.datasets.example_peptides()
+    >>> proteins = omixed.tl.summarize_proteins(peptides, min_peptides=2, progress=False)
+    >>> proteins.n_obs == peptides.n_obs
+    True
+    """
+    if protein_key not in adata.var.columns:
+        raise KeyError(
+            f"var has no column {protein_key!r} (available: {', '.join(map(str, adata.var.columns))})"
+        )
+    if not adata.var_names.is_unique or not adata.obs_names.is_unique:
+        raise ValueError("sample and peptide names must be unique")
+    fixed_formula, random = lmm.parse_formula(formula)
+    groups = [g for _, _, g in random]
+    if "peptide" not in groups:
+        raise ValueError(f"the formula needs a (1|peptide) term, got {formula!r}")
+    unknown = [t for t in remove if t not in groups or t == "peptide"]
+    if unknown:
+        raise ValueError(f"cannot remove {unknown}: not a random term of {formula!r} besides peptide")
+
+    Y = get_matrix(adata, layer)
+    obs = adata.obs.copy()
+    obs.index = obs.index.astype(str)
+    rows, cols = np.nonzero(np.isfinite(Y))
+    long = pd.DataFrame(
+        {
+            "protein": adata.var[protein_key].astype(str).to_numpy()[cols],
+            "peptide": adata.var_names.to_numpy()[cols],
+            "sample": obs.index.to_numpy()[rows],
+            "y": Y[rows, cols],
+        }
+    )
+    n_peptides = long.groupby("protein", sort=False)["peptide"].nunique()
+    keep = n_peptides.index[n_peptides >= min_peptides]
+    if keep.empty:
+        raise ValueError(f"no protein has at least {min_peptides} observed peptides")
+    long = long[long["protein"].isin(keep)]
+    res, positions = lmm.fit_grouped(
+        long, obs, formula, feature="protein", unit="sample", local="peptide", value="y",
+        reml=reml, n_jobs=n_jobs, progress=progress,
+    )
+    proteins = res.feature_names
+
+    # Protein abundance per sample: fixed effects of the sample's design plus its random effects.
+    X_fixed = lmm.build_spec(obs, f"~ {fixed_formula}").X
+    beta = res.beta.to_numpy()
+    needed = (X_fixed[:, None, :] != 0) & np.isnan(beta)[None, :, :]
+    abundance = np.einsum("sp,fp->sf", X_fixed, np.nan_to_num(beta))
+    abundance[needed.any(axis=2)] = np.nan
+    contributions = {}
+    for term in (t for t in res.spec.terms if t.name != "peptide"):
+        blup = res.blup[term.name]
+        labels = obs.index.to_numpy() if term.name == "sample" else design_codes(obs, list(term.group))
+        contributions[term.name] = blup.reindex(columns=labels).to_numpy().T
+        abundance = abundance + np.where(
+            np.isnan(contributions[term.name]) & (term.name != "sample"), 0.0, contributions[term.name]
+        )
+    corrected = abundance - sum(np.nan_to_num(contributions[t]) for t in remove)
+
+    out = ad.AnnData(abundance, obs=adata.obs.copy(), var=pd.DataFrame(index=proteins.astype(str)))
+    out.layers["corrected"] = corrected
+    out.var["n_peptides"] = n_peptides.loc[proteins].to_numpy()
+    store(out, res, key_added=key_added, layer=None)
+    out.uns[key_added].update(
+        {
+            "protein_key": protein_key,
+            "min_peptides": int(min_peptides),
+            "n_proteins_below_min_peptides": int((n_peptides < min_peptides).sum()),
+            "removed": list(remove),
+            "source_layer": "" if layer is None else layer,
+        }
+    )
+    out.uns[f"{key_added}_peptides"] = positions.reset_index().astype({"position": int})
+    return out
