@@ -1,0 +1,43 @@
+"""Public namespaces follow one convention (as scanpy's tests/test_package_structure.py checks)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import omixed
+
+NAMESPACES = ["pp", "tl", "pl", "io", "datasets"]
+# Functions whose first argument is not an AnnData: readers take a path, meta takes estimates,
+# datasets take nothing.
+NOT_ADATA_FIRST = {"io.read_maxquant", "io.read_diann", "io.read_long", "io.read_table", "tl.meta"}
+
+
+def _public():
+    for ns in NAMESPACES:
+        module = getattr(omixed, ns)
+        assert hasattr(module, "__all__"), f"omixed.{ns} has no __all__"
+        for name in module.__all__:
+            yield f"{ns}.{name}", getattr(module, name)
+
+
+@pytest.mark.parametrize(("name", "func"), list(_public()), ids=lambda x: x if isinstance(x, str) else "")
+def test_public_functions_follow_the_convention(name, func):
+    assert func.__doc__, f"{name} has no docstring"
+    for section in ("Parameters", "Returns", "Examples"):
+        if section == "Parameters" and not inspect.signature(func).parameters:
+            continue
+        assert section in func.__doc__, f"{name} docstring lacks {section}"
+    params = list(inspect.signature(func).parameters.values())
+    if name.startswith("datasets."):
+        assert all(p.kind is p.KEYWORD_ONLY for p in params)
+        return
+    if name not in NOT_ADATA_FIRST:
+        assert params[0].name == "adata", f"{name}: first parameter is {params[0].name}"
+    positional = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    allowed = 2 if name in {"tl.fit", "pl.feature", "io.join_sample_sheet", "tl.meta"} else 1
+    assert len(positional) <= allowed, f"{name}: options must be keyword-only ({positional})"
+    copy = next((p for p in params if p.name == "copy"), None)
+    if copy is not None:
+        assert copy.default is False
