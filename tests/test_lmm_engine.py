@@ -8,7 +8,8 @@ import pytest
 from conftest import crossed_design, simulate
 
 from omixed import lmm
-from omixed.lmm._objective import Layout, evaluate
+from omixed.lmm._grouped import _buckets
+from omixed.lmm._objective import Layout, criterion, evaluate, reduce
 from omixed.lmm._spec import aliased_mask
 
 FORMULA = "~ condition + (1|batch) + (1|donor)"
@@ -166,3 +167,58 @@ def test_gradient_matches_finite_differences(crossed):
             fm, _ = evaluate(tm, A, layout, n, np.full(4, 2.0), reml=reml)
             fd = (fp - fm) / (tp[:, j] - tm[:, j])
             np.testing.assert_allclose(g[:, j], fd, rtol=1e-5, atol=1e-5)
+
+
+def _crossed_cross_products(Y, design, n_features=4):
+    spec = lmm.build_spec(design, FORMULA)
+    M = np.hstack([spec.terms[1].indicator(), spec.terms[0].indicator(), spec.X])  # donor first
+    y = np.nan_to_num(Y[:, :n_features])
+    w = np.isfinite(Y[:, :n_features]).astype(float)
+    My = [np.column_stack([M, y[:, f]]) for f in range(n_features)]
+    A = np.stack([(My[f] * w[:, f, None]).T @ My[f] for f in range(n_features)])
+    return A, w.sum(0)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_hessian_matches_finite_differences_of_gradient(crossed, reml):
+    A, n = _crossed_cross_products(crossed[1], crossed[0])
+    red = reduce(A, Layout((8, 4), 2, count_classes=3))
+    theta = np.array([[0.7, 1.3], [0.0, 0.4], [2.0, 0.0], [0.3, 0.3]])
+    p = np.full(4, 2.0)
+    _, _, hess = criterion(theta, red, n, p, reml=reml, order=2)
+    h = 1e-5
+    for j in range(2):
+        tp, tm = theta.copy(), theta.copy()
+        tp[:, j] += h
+        tm[:, j] -= h  # the criterion is even in θ, so θ < 0 is a valid evaluation point
+        _, gp, _ = criterion(tp, red, n, p, reml=reml, order=1)
+        _, gm, _ = criterion(tm, red, n, p, reml=reml, order=1)
+        np.testing.assert_allclose(hess[:, :, j], (gp - gm) / (2 * h), rtol=1e-5, atol=1e-5)
+
+
+def test_count_classes_give_the_per_level_criterion(crossed):
+    A, n = _crossed_cross_products(crossed[1], crossed[0])
+    theta = np.array([[0.7, 1.3], [0.0, 0.4], [2.0, 0.0], [0.3, 0.3]])
+    p = np.full(4, 2.0)
+    per_level = criterion(theta, reduce(A, Layout((8, 4), 2)), n, p, order=2)
+    by_count = criterion(theta, reduce(A, Layout((8, 4), 2, count_classes=3)), n, p, order=2)
+    for a, b in zip(per_level, by_count, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_unobserved_padding_levels_do_not_change_the_fit(crossed):
+    design, Y = crossed
+    extra = pd.DataFrame({"batch": ["B9"] * 3, "donor": ["D99"] * 3, "condition": "control"})
+    padded = pd.concat([design, extra], ignore_index=True)
+    Yp = np.vstack([Y, np.full((3, Y.shape[1]), np.nan)])
+    ref = lmm.fit(Y, design, FORMULA)
+    res = lmm.fit(Yp, padded, FORMULA)
+    np.testing.assert_allclose(res.criterion, ref.criterion, rtol=1e-9)
+    np.testing.assert_allclose(res.variance, ref.variance, rtol=1e-6, atol=1e-9)
+
+
+def test_buckets_merge_small_groups_and_keep_large_ones_apart():
+    sizes = np.arange(2, 16)
+    assert _buckets(sizes, np.full(14, 2)) == [15]  # overhead dominates: one padded call
+    assert _buckets(sizes, np.full(14, 10**6)) == sizes.tolist()  # padding dominates
+    assert _buckets(np.array([3]), np.array([5])) == [3]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from ._objective import Layout, evaluate
+from ._objective import Layout, criterion, reduce
 from ._optimize import minimize
 from ._result import LMMResult
 from ._spec import ModelSpec, aliased_mask, build_spec
@@ -35,7 +35,10 @@ def _design(spec: ModelSpec) -> _Design:
     order = np.argsort([-t.n_levels for t in spec.terms], kind="stable")
     Z = [spec.terms[i].indicator() for i in order]
     M = np.hstack([*Z, spec.X]) if Z else spec.X.copy()
-    layout = Layout(tuple(spec.terms[i].n_levels for i in order), spec.X.shape[1])
+    sizes = tuple(spec.terms[i].n_levels for i in order)
+    # Group the eliminated term's levels by count when there are fewer counts than levels.
+    largest = int(Z[0].sum(axis=0).max()) if Z else 0
+    layout = Layout(sizes, spec.X.shape[1], largest if 0 < largest < sizes[0] else 0)
     ones = np.flatnonzero(np.all(spec.X == 1.0, axis=0))
     names = tuple(spec.terms[i].name for i in order)
     intercept = int(ones[0]) if ones.size else None
@@ -131,6 +134,9 @@ def fit(
     if chunk_size is None:
         per_feature = 8 * (design.M.shape[1] + 1) ** 2 * 12  # A plus the optimizer's temporaries
         chunk_size = int(max(64, min(8192, _DEFAULT_CHUNK_BYTES // per_feature)))
+        # Balanced chunks, at least one per worker (results do not depend on the chunking).
+        n_chunks = max(-(-m // chunk_size), min(n_jobs, -(-m // 64)) if n_jobs > 0 else 1)
+        chunk_size = max(1, -(-m // n_chunks))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     bounds = list(range(0, m, chunk_size)) + [m]
@@ -193,9 +199,11 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
     # A term seen at fewer than two levels in this feature has no estimable variance.
     term_of = layout.term_of()
     counts = np.diagonal(A[:, :q, :q], axis1=1, axis2=2)
-    levels_seen = np.stack(
-        [(counts[:, term_of == j] > 0).sum(axis=1) for j in range(layout.n_theta)], axis=1
-    ) if layout.n_theta else np.zeros((m, 0), dtype=int)
+    levels_seen = (
+        np.stack([(counts[:, term_of == j] > 0).sum(axis=1) for j in range(layout.n_theta)], axis=1)
+        if layout.n_theta
+        else np.zeros((m, 0), dtype=int)
+    )
     fixed = levels_seen < 2
     for f, j in zip(*np.nonzero(fixed), strict=True):
         notes[f].append(f"{design.term_names[j]} has < 2 observed levels: variance fixed at 0")
@@ -208,9 +216,10 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
 
     rows = np.flatnonzero(ok)
     A_ok, n_ok, p_ok = A[rows], n_obs[rows], p_eff[rows].astype(np.float64)
+    red = reduce(A_ok, layout)
 
-    def objective(theta, sub, gradient):
-        return evaluate(theta, A_ok[sub], layout, n_ok[sub], p_ok[sub], reml=reml, gradient=gradient)
+    def objective(theta, sub, order):
+        return criterion(theta, red.take(sub), n_ok[sub], p_ok[sub], reml=reml, order=order)
 
     k = layout.n_theta
     theta = np.full((m, k), np.nan)
@@ -225,7 +234,7 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
         reason[rows] = np.where(opt.message == "", reason[rows], opt.message)
     elif rows.size:
         theta[rows] = np.zeros((rows.size, 0))
-        crit[rows], _ = evaluate(theta[rows], A_ok, layout, n_ok, p_ok, reml=reml)
+        crit[rows], _, _ = criterion(theta[rows], red, n_ok, p_ok, reml=reml)
         converged[rows] = True
 
     est = _estimates(theta[rows], A_ok, layout, n_ok, p_ok, reml)

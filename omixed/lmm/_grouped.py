@@ -4,7 +4,10 @@ In bottom-up proteomics a protein is observed through its own peptides: the rows
 are its sample × peptide observations and ``(1|peptide)`` has different levels (and a different
 number of them) for every protein.  Proteins are bucketed by their number of local levels; within
 a bucket every protein shares one design (samples × local positions ``0 .. P-1``, missing rows
-as NaN), so each bucket is a single vectorized :func:`~omixed.lmm.fit` call.
+as NaN), so each bucket is a single vectorized :func:`~omixed.lmm.fit` call.  A protein with
+fewer levels than its bucket's ``P`` is padded with unobserved levels, which is exact (they have
+no rows, so they add nothing to the criterion); buckets are merged where one larger vectorized
+call costs less than separate calls (see :func:`_buckets`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,36 @@ from ._fit import fit
 from ._result import LMMResult
 
 __all__ = ["fit_grouped"]
+
+# Cost model of one fit() call, in units of "one feature with one random-effect column": a fixed
+# overhead (formula, spec, result tables, optimizer loop) and a per-feature cost growing with the
+# square of the padded number of local levels (plus the other columns, roughly).
+_CALL_OVERHEAD = 30_000.0
+_OTHER_COLUMNS = 8.0
+
+
+def _buckets(sizes: np.ndarray, counts: np.ndarray) -> list[int]:
+    """Upper sizes of contiguous groups of the sorted distinct ``sizes`` minimizing the cost model.
+
+    Dynamic programming over the sorted sizes: ``best[j]`` is the cheapest way to fit all
+    features with at most ``sizes[j]`` levels, the last group padded to ``sizes[j]``.
+    """
+    best = np.zeros(sizes.size + 1)
+    cut = np.zeros(sizes.size, dtype=int)
+    total = np.concatenate([[0], np.cumsum(counts)])
+    for j in range(sizes.size):
+        cost = (
+            best[: j + 1]
+            + _CALL_OVERHEAD
+            + (total[j + 1] - total[: j + 1]) * (sizes[j] + _OTHER_COLUMNS) ** 2
+        )
+        cut[j] = int(np.argmin(cost))
+        best[j + 1] = cost[cut[j]]
+    uppers, j = [], sizes.size - 1
+    while j >= 0:
+        uppers.append(int(sizes[j]))
+        j = cut[j] - 1
+    return uppers[::-1]
 
 
 def fit_grouped(
@@ -73,9 +106,11 @@ def fit_grouped(
     units = design.index
     unit_pos = pd.Series(np.arange(len(units)), index=units)
 
-    results = []
-    for size in sorted(n_local.unique()):
-        members = n_local.index[n_local == size]
+    distinct, counts = np.unique(n_local.to_numpy(), return_counts=True)
+    results, lower = [], 0
+    for size in _buckets(distinct, counts):
+        members = n_local.index[(n_local > lower) & (n_local <= size)]
+        lower = size
         sub = long[long[feature].isin(members)]
         col = pd.Index(members).get_indexer(sub[feature])
         row = unit_pos.loc[sub[unit].astype(str)].to_numpy() * size + sub["position"].to_numpy()
@@ -85,6 +120,8 @@ def fit_grouped(
         data[unit] = np.repeat(units, size)
         data[local] = pd.Categorical(np.tile(np.arange(size).astype(str), len(units)))
         results.append(
-            fit(Y, data, formula, reml=reml, n_jobs=n_jobs, feature_names=members, progress=progress)
+            fit(
+                Y, data, formula, reml=reml, n_jobs=n_jobs, feature_names=members, progress=progress
+            )
         )
     return LMMResult.concat(results, order=features), positions.set_index([feature, local])

@@ -22,15 +22,24 @@ and lme4's criteria are::
     ML(θ)   = log|M|             + n (1 + log(2π r² / n)).
 
 Block elimination.  Terms are ordered by number of levels, largest first.  The first term's
-block of Ω is diagonal, ``D₁ = 1 + θ₁² c`` with ``c`` the level counts, so it is eliminated with
-elementwise operations.  What remains is the same problem without term 1 and with ``A`` replaced
-by ``Ã = A_rr − A_r1 diag(θ₁²/D₁) A_1r``; only this small Schur complement is factored densely.
+block of Ω is diagonal, ``D₁ = 1 + θ₁² c`` with ``c`` the level counts, so it is eliminated in
+closed form: what remains is the same problem without term 1 and with ``A`` replaced by
+``Ã(θ₁) = A_rr − Σ_i s_i a_i a_i'``, ``s_i = θ₁²/(1 + θ₁² c_i)``, ``a_i = A_r,i``.  Levels with
+equal counts share ``s_i``, so :func:`reduce` sums their outer products once per feature into
+``G_k`` (one per count class ``k``) and every evaluation only forms ``Ã = A_rr − Σ_k s_k G_k``
+and factors the small ``Ω̃ = S_r Ã S_r + diag(I, 0, 0)`` (``dr = q − q₁ + p + 1`` square).
 
-Gradient.  With ``K = Sc⁻¹`` (``Sc`` the reduced Ω) and ``v = K e_last`` (so ``r² = 1/v_last``):
-``∂ log|Sc_[k]| /∂θ_j = 2 Σ_{i∈j} (Ã S K_[k])_ii`` for a remaining term j, and
-``∂ log r² /∂θ_j = 2 r² Σ_{i∈j} v_i (Ã S v)_i``; for the eliminated term
-``∂Sc/∂θ₁ = −S A_r1 diag(2θ₁/D₁²) A_1r S``.  ``K_[k]``, the inverse of a leading block, is read
-off the inverse of the triangular factor.
+Derivatives.  The criterion is ``ℓ(θ₁) + log|Ω̃_[k]| + w log r²`` with
+``ℓ = Σ_k n_k log(1 + θ₁² c_k)`` (``n_k`` levels in class k), ``k = dr, w = ν − 1`` for
+REML and ``k = q − q₁`` (the leading block, i.e. ``log|M|`` without term 1), ``w = n`` for
+ML.  With ``K = Ω̃⁻¹``, ``v = K e_last`` (so ``r² = 1/v_last``), ``Kₖ`` the inverse of the
+leading k block (zero-padded), and ``D_a = ∂Ω̃/∂θ_a``, ``D_ab = ∂²Ω̃/∂θ_a∂θ_b`` (Ω̃ is
+quadratic in the remaining θ and rational in θ₁, see :func:`criterion`)::
+
+    ∂/∂θ_a    log|Ω̃_[k]| = tr(Kₖ D_a)
+    ∂²/∂θ_a∂θ_b          = tr(Kₖ D_ab) − tr(Kₖ D_a Kₖ D_b)
+    ∂/∂θ_a    log r²     = r² v'D_a v
+    ∂²/∂θ_a∂θ_b          = r² (v'D_ab v − 2 (D_a v)'K(D_b v)) + r⁴ (v'D_a v)(v'D_b v)
 
 Parameters are packed as ``theta[f, j]`` in the *elimination order* of the terms; the caller maps
 them back to formula order.
@@ -42,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Layout", "evaluate"]
+__all__ = ["Layout", "Reduced", "criterion", "evaluate", "reduce"]
 
 _LOG2PI = np.log(2.0 * np.pi)
 
@@ -53,10 +62,14 @@ class Layout:
 
     ``sizes`` are the numbers of levels of the random terms in elimination order (largest
     first); ``p`` is the number of fixed effects; the response is the last row/column.
+    ``count_classes`` > 0 groups the first term's levels by their observed count ``1 ..
+    count_classes`` (the largest number of rows of one level); 0 keeps one class per level.
+    It is a property of the design, so every feature is reduced the same way in any chunk.
     """
 
     sizes: tuple[int, ...]
     p: int
+    count_classes: int = 0
 
     @property
     def q(self) -> int:
@@ -75,6 +88,46 @@ class Layout:
         return np.repeat(np.arange(self.n_theta), self.sizes)
 
 
+@dataclass(frozen=True)
+class Reduced:
+    """The θ-independent pieces of the criterion after eliminating term 1 (see module docs).
+
+    ``A`` is ``A_rr`` (``(m, dr, dr)``), ``G`` the class sums of outer products ``(m, K, dr²)``,
+    ``counts`` and ``mult`` the count ``c_k`` and number of levels ``n_k`` of each class.
+    """
+
+    A: np.ndarray
+    G: np.ndarray
+    counts: np.ndarray
+    mult: np.ndarray
+    layout: Layout
+
+    def take(self, rows: np.ndarray) -> Reduced:
+        if rows.size == self.A.shape[0] and np.array_equal(rows, np.arange(rows.size)):
+            return self
+        return Reduced(self.A[rows], self.G[rows], self.counts[rows], self.mult[rows], self.layout)
+
+
+def reduce(A: np.ndarray, layout: Layout) -> Reduced:
+    """Split ``A`` into ``A_rr`` and the count-class sums ``G_k`` of the first term's columns."""
+    m = A.shape[0]
+    q1 = layout.sizes[0] if layout.sizes else 0
+    dr = layout.dim - q1
+    A_r1 = A[:, q1:, :q1]
+    counts = np.diagonal(A[:, :q1, :q1], axis1=1, axis2=2)
+    if layout.count_classes:
+        values = np.arange(1.0, layout.count_classes + 1.0)
+        member = (counts[:, :, None] == values).astype(np.float64)  # (m, q1, K)
+        class_counts = np.broadcast_to(values, (m, values.size)).copy()
+        mult = member.sum(axis=1)
+    else:
+        member = np.broadcast_to(np.eye(q1), (m, q1, q1))
+        class_counts, mult = counts.copy(), (counts > 0).astype(np.float64)
+    outer = A_r1.transpose(0, 2, 1)[:, :, :, None] * A_r1.transpose(0, 2, 1)[:, :, None, :]
+    G = member.transpose(0, 2, 1) @ outer.reshape(m, q1, dr * dr)
+    return Reduced(np.ascontiguousarray(A[:, q1:, q1:]), G, class_counts, mult, layout)
+
+
 def _batched_cholesky(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cholesky of a stack; matrices that are not positive definite give NaN instead of raising."""
     try:
@@ -90,6 +143,148 @@ def _batched_cholesky(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return out, ok
 
 
+def _trace(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``tr(a b)`` for stacks of square matrices."""
+    return np.einsum("mij,mji->m", a, b)
+
+
+def _quad(u: np.ndarray, mat: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``u' mat v`` for stacks."""
+    return np.einsum("mi,mi->m", u, np.einsum("mij,mj->mi", mat, v))
+
+
+def criterion(
+    theta: np.ndarray,
+    red: Reduced,
+    n_obs: np.ndarray,
+    p_eff: np.ndarray,
+    *,
+    reml: bool = True,
+    order: int = 0,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Profiled criterion and, for ``order`` ≥ 1 / 2, its gradient and Hessian in θ.
+
+    Parameters
+    ----------
+    theta
+        ``(m, n_theta)`` relative standard deviations, elimination order.
+    red
+        The reduced cross-products from :func:`reduce`.
+    n_obs, p_eff
+        Observations and estimable fixed effects per feature.
+    reml
+        REML criterion if true, else the ML deviance.
+    order
+        0: criterion only; 1: also ``∂/∂θ`` ``(m, n_theta)``; 2: also ``∂²/∂θ²``
+        ``(m, n_theta, n_theta)``.
+
+    Returns
+    -------
+    The criterion per feature (``inf`` where the system is not positive definite), the gradient
+    and the Hessian (``None`` when not asked for; NaN where the criterion is ``inf``).
+    """
+    layout = red.layout
+    m, dr, _ = red.A.shape
+    k = layout.n_theta
+    q1 = layout.sizes[0] if k else 0
+    qr = layout.q - q1  # random-effect columns left after eliminating term 1
+    rest_terms = layout.term_of()[q1:]
+    theta = np.asarray(theta, dtype=np.float64)
+    scale = np.ones((m, dr))
+    scale[:, :qr] = theta[:, rest_terms]
+
+    if k:
+        t1 = theta[:, :1]
+        c = red.counts
+        den = 1.0 + t1**2 * c
+        A_t = red.A - ((t1**2 / den)[:, None, :] @ red.G).reshape(m, dr, dr)
+        ell = (red.mult * np.log(den)).sum(axis=1)
+    else:
+        A_t, ell = red.A, np.zeros(m)
+
+    B = A_t * scale[:, None, :]  # Ã S
+    Om = B * scale[:, :, None]
+    idx = np.arange(qr)
+    Om[:, idx, idx] += 1.0
+    L, ok = _batched_cholesky(Om)
+    diag = np.diagonal(L, axis1=1, axis2=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logdiag = np.log(diag)
+        r2 = diag[:, -1] ** 2
+        nu = n_obs - p_eff
+        if reml:
+            crit = ell + 2.0 * logdiag[:, :-1].sum(axis=1) + nu * (1.0 + _LOG2PI + np.log(r2 / nu))
+        else:
+            logdet_M = ell + 2.0 * logdiag[:, :qr].sum(axis=1)
+            crit = logdet_M + n_obs * (1.0 + _LOG2PI + np.log(r2 / n_obs))
+    bad = ~ok | ~np.isfinite(crit) | ~(r2 > 0)
+    crit = np.where(bad, np.inf, crit)
+    if order == 0:
+        return crit, None, None
+
+    Lsafe = np.where(bad[:, None, None], np.eye(dr), L)
+    Linv = np.linalg.inv(Lsafe)
+    K = Linv.transpose(0, 2, 1) @ Linv  # Ω̃⁻¹
+    if reml:
+        Kk = K
+    else:
+        Kk = np.zeros_like(K)
+        Kk[:, :qr, :qr] = Linv[:, :qr, :qr].transpose(0, 2, 1) @ Linv[:, :qr, :qr]
+    v = K[:, :, -1]
+    r2 = np.where(bad, 1.0, r2)
+    w = (nu - 1.0) if reml else n_obs.astype(np.float64)
+
+    # First and second derivatives of Ω̃ and of ℓ.
+    E = np.zeros((k, dr))
+    E[:, :qr] = rest_terms == np.arange(k)[:, None]
+    D = np.empty((k, m, dr, dr))
+    d_ell = np.zeros((m, k))
+    if k:
+        sq = t1**2 * c
+        s1 = 2.0 * t1 / den**2  # ∂s/∂θ₁
+        G1 = (s1[:, None, :] @ red.G).reshape(m, dr, dr) * scale[:, None, :]  # (Σ s' G) S
+        D[0] = -G1 * scale[:, :, None]
+        d_ell[:, 0] = (red.mult * 2.0 * t1 * c / den).sum(axis=1)
+    for a in range(1, k):
+        rows = E[a][None, :, None] * B
+        D[a] = rows + rows.transpose(0, 2, 1)
+
+    grad = np.empty((m, k))
+    Dv = np.einsum("amij,mj->ami", D, v)
+    vDv = np.einsum("ami,mi->am", Dv, v)
+    for a in range(k):
+        grad[:, a] = d_ell[:, a] + _trace(Kk, D[a]) + w * r2 * vDv[a]
+    grad[bad] = np.nan
+    if order == 1:
+        return crit, grad, None
+
+    KD = Kk @ D  # (k, m, dr, dr)
+    hess = np.empty((m, k, k))
+    for a in range(k):
+        for b in range(a, k):
+            if a == 0 and b == 0:
+                s2 = 2.0 * (1.0 - 3.0 * sq) / den**3
+                G2 = (s2[:, None, :] @ red.G).reshape(m, dr, dr)
+                Dab = -G2 * scale[:, None, :] * scale[:, :, None]
+                extra = (red.mult * 2.0 * c * (1.0 - sq) / den**2).sum(axis=1)
+            elif a == 0:
+                rows = E[b][None, :, None] * G1
+                Dab, extra = -(rows + rows.transpose(0, 2, 1)), 0.0
+            else:
+                Dab = E[a][None, :, None] * A_t * E[b][None, None, :]
+                Dab, extra = Dab + Dab.transpose(0, 2, 1), 0.0
+            h = (
+                extra
+                + _trace(Kk, Dab)
+                - _trace(KD[a], KD[b])
+                + w * r2 * (_quad(v, Dab, v) - 2.0 * _quad(Dv[a], K, Dv[b]))
+                + w * r2**2 * vDv[a] * vDv[b]
+            )
+            hess[:, a, b] = hess[:, b, a] = h
+    hess[bad] = np.nan
+    return crit, grad, hess
+
+
 def evaluate(
     theta: np.ndarray,
     A: np.ndarray,
@@ -100,97 +295,8 @@ def evaluate(
     reml: bool = True,
     gradient: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Profiled criterion (and its gradient in θ) for a stack of features.
-
-    Parameters
-    ----------
-    theta
-        ``(m, n_theta)`` relative standard deviations, elimination order.
-    A
-        ``(m, dim, dim)`` augmented cross-products ``[Z X y]' W [Z X y]``.
-    layout
-        Block sizes of ``A``.
-    n_obs, p_eff
-        Observations and estimable fixed effects per feature.
-    reml
-        REML criterion if true, else the ML deviance.
-    gradient
-        Also return ``∂ criterion / ∂θ``, shape ``(m, n_theta)``.
-
-    Returns
-    -------
-    The criterion per feature (``inf`` where the system is not positive definite) and the
-    gradient or ``None``.
-    """
-    m = A.shape[0]
-    q1 = layout.sizes[0] if layout.sizes else 0
-    qr = layout.q - q1  # random-effect columns left after eliminating term 1
-    dr = layout.dim - q1
-
-    theta = np.asarray(theta, dtype=np.float64)
-    scale = np.ones((m, dr))
-    rest_terms = layout.term_of()[q1:]
-    if qr:
-        scale[:, :qr] = theta[:, rest_terms]
-
-    A_rr = A[:, q1:, q1:]
-    if q1:
-        t1 = theta[:, 0]
-        counts = np.diagonal(A[:, :q1, :q1], axis1=1, axis2=2)
-        D1 = 1.0 + t1[:, None] ** 2 * counts
-        A_r1 = A[:, q1:, :q1]
-        shrink = t1[:, None] ** 2 / D1
-        A_tilde = A_rr - (A_r1 * shrink[:, None, :]) @ A_r1.transpose(0, 2, 1)
-        logdet_D1 = np.log(D1).sum(axis=1)
-    else:
-        A_tilde = A_rr
-        logdet_D1 = np.zeros(m)
-
-    Sc = A_tilde * scale[:, :, None] * scale[:, None, :]
-    idx = np.arange(qr)
-    Sc[:, idx, idx] += 1.0
-    L, ok = _batched_cholesky(Sc)
-    diag = np.diagonal(L, axis1=1, axis2=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logdiag = np.log(diag)
-    r2 = diag[:, -1] ** 2
-    logdet_M = logdet_D1 + 2.0 * logdiag[:, :qr].sum(axis=1)
-    if reml:
-        nu = n_obs - p_eff
-        logdet_RX = 2.0 * logdiag[:, qr:-1].sum(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            crit = logdet_M + logdet_RX + nu * (1.0 + _LOG2PI + np.log(r2 / nu))
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            crit = logdet_M + n_obs * (1.0 + _LOG2PI + np.log(r2 / n_obs))
-    bad = ~ok | ~np.isfinite(crit) | ~(r2 > 0)
-    crit = np.where(bad, np.inf, crit)
-    if not gradient:
-        return crit, None
-
-    grad = np.zeros((m, layout.n_theta))
-    Lsafe = np.where(bad[:, None, None], np.eye(dr), L)
-    Linv = np.linalg.inv(Lsafe)
-    K = Linv.transpose(0, 2, 1) @ Linv  # Sc⁻¹
-    k = dr if reml else qr  # leading block whose log-determinant enters the criterion
-    Kk = np.zeros_like(K)
-    Kk[:, :k, :k] = Linv[:, :k, :k].transpose(0, 2, 1) @ Linv[:, :k, :k]
-    v = K[:, :, -1]
-    r2s = np.where(bad, 1.0, r2)
-    weight_r2 = (n_obs - p_eff - 1.0) if reml else n_obs.astype(np.float64)
-
-    if qr:
-        AS = A_tilde[:, :qr, :] * scale[:, None, :]
-        d_logdet = 2.0 * np.einsum("mia,mai->mi", AS, Kk[:, :, :qr])
-        d_logr2 = 2.0 * r2s[:, None] * v[:, :qr] * np.einsum("mia,ma->mi", AS, v)
-        per_col = d_logdet + weight_r2[:, None] * d_logr2
-        for j in range(1, layout.n_theta):
-            grad[:, j] = per_col[:, rest_terms == j].sum(axis=1)
-    if q1:
-        G = A_r1.transpose(0, 2, 1) * scale[:, None, :]  # A_1r S, (m, q1, dr)
-        dshrink = 2.0 * t1[:, None] / D1**2
-        d_logdet = -(dshrink * np.einsum("mta,mta->mt", G @ Kk, G)).sum(axis=1)
-        d_logr2 = -r2s * (dshrink * np.einsum("mta,ma->mt", G, v) ** 2).sum(axis=1)
-        grad[:, 0] = (2.0 * t1[:, None] * counts / D1).sum(axis=1) + d_logdet + weight_r2 * d_logr2
-    grad[bad] = np.nan
+    """Criterion (and gradient) from the full cross-products ``A``: reduce, then evaluate."""
+    crit, grad, _ = criterion(
+        theta, reduce(A, layout), n_obs, p_eff, reml=reml, order=1 if gradient else 0
+    )
     return crit, grad

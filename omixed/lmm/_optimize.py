@@ -1,10 +1,13 @@
 """Bounded Newton minimization of many small problems at once.
 
 Every feature has its own θ (a handful of parameters, θ ≥ 0); one loop steps all features that
-have not yet converged together.  The Hessian comes from forward differences of the analytic
-gradient, is made positive definite by clipping its eigenvalues, and the step is a projected
-Newton step (coordinates at the bound whose gradient pushes outward stay fixed) with a
-backtracking line search.  Features leave the loop when the criterion stops improving.
+have not yet converged together.  The objective returns the criterion with its analytic
+gradient and Hessian; the Hessian is made positive definite by clipping its eigenvalues, and the
+step is a projected Newton step (coordinates at the bound whose gradient pushes outward stay
+fixed) with a backtracking line search.  Every trial point is evaluated to second order, so an
+accepted step already carries the next iteration's Hessian: one batched evaluation per
+iteration when the full step is accepted.  Features leave the loop when the criterion stops
+improving.
 """
 
 from __future__ import annotations
@@ -16,7 +19,12 @@ import numpy as np
 
 __all__ = ["OptSummary", "minimize"]
 
-Objective = Callable[[np.ndarray, np.ndarray, bool], tuple[np.ndarray, np.ndarray | None]]
+# Step lengths of the line search: the full step, then three batches of halvings down to 2⁻³⁹.
+_LADDERS = (np.ones(1), *(0.5 ** np.arange(1 + 13 * i, 14 + 13 * i) for i in range(3)))
+
+Objective = Callable[
+    [np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+]
 
 
 @dataclass
@@ -40,14 +48,14 @@ def minimize(
     max_iter: int = 200,
     ftol: float = 1e-10,
     xtol: float = 1e-7,
-    fd_step: float = 1e-6,
 ) -> OptSummary:
     """Minimize ``objective`` for every feature subject to ``θ ≥ 0``.
 
     Parameters
     ----------
     objective
-        ``objective(theta, rows, gradient)`` → ``(f, g)`` for the features ``rows``.
+        ``objective(theta, rows, order)`` → ``(f, g, H)`` for the features ``rows`` (``rows``
+        may repeat a feature); ``g`` and ``H`` are ``None`` below ``order`` 1 and 2.
     starts
         ``(n_starts, m, k)`` candidate starting points; each feature starts from its best.
     fixed
@@ -59,19 +67,16 @@ def minimize(
     """
     n_starts, m, k = starts.shape
     everyone = np.arange(m)
-    best_f = np.full(m, np.inf)
-    theta = np.zeros((m, k))
-    n_eval = np.zeros(m, dtype=np.int64)
-    for s in range(n_starts):
-        cand = np.where(fixed, 0.0, starts[s])
-        f, _ = objective(cand, everyone, False)
-        n_eval += 1
-        better = f < best_f
-        best_f = np.where(better, f, best_f)
-        theta[better] = cand[better]
+    # All starting points in one batched evaluation.
+    cand = np.where(fixed, 0.0, starts).reshape(n_starts * m, k)
+    f_all, _, _ = objective(cand, np.tile(everyone, n_starts), 0)
+    f_all = np.where(np.isnan(f_all), np.inf, f_all).reshape(n_starts, m)
+    best = np.argmin(f_all, axis=0)  # first of equal values, as a sequential scan would pick
+    theta = cand.reshape(n_starts, m, k)[best, everyone]
     theta0 = theta.copy()
+    n_eval = np.full(m, n_starts, dtype=np.int64)
 
-    f, g = objective(theta, everyone, True)
+    f, g, hess = objective(theta, everyone, 2)
     n_eval += 1
     n_iter = np.zeros(m, dtype=np.int64)
     converged = np.zeros(m, dtype=bool)
@@ -85,25 +90,37 @@ def minimize(
             break
         th, fa, ga, fx = theta[active], f[active], g[active], fixed[active]
         n_iter[active] += 1
-        step, at_bound = _newton_direction(objective, active, th, ga, fx, fd_step)
-        n_eval[active] += k
+        step, at_bound = _newton_direction(th, ga, hess[active], fx)
 
-        # Backtracking line search along the projected path, all features together.
-        t = np.ones(active.size)
-        new_th, new_f, new_g = th.copy(), fa.copy(), ga.copy()
+        # Backtracking line search along the projected path, all features together: the full
+        # step to second order (it usually is the next iterate), then, for the features that
+        # need it, ladders of halvings by criterion only, each ladder in one batch.
+        new_th, new_f, new_g, new_h = th.copy(), fa.copy(), ga.copy(), hess[active]
         pending = np.arange(active.size)
-        for _ls in range(40):
-            trial = np.maximum(th[pending] + t[pending, None] * step[pending], 0.0)
-            ft, gt = objective(trial, active[pending], True)
-            n_eval[active[pending]] += 1
-            decrease = np.einsum("ij,ij->i", ga[pending], trial - th[pending])
-            accept = np.isfinite(ft) & (ft <= fa[pending] + 1e-4 * np.minimum(decrease, 0.0))
-            done = pending[accept]
-            new_th[done], new_f[done], new_g[done] = trial[accept], ft[accept], gt[accept]
-            pending = pending[~accept]
+        for t in _LADDERS:
+            r = pending.size
+            trial = np.maximum(th[pending, None, :] + t[:, None] * step[pending, None, :], 0.0)
+            trial = trial.reshape(r * t.size, k)
+            ft, gt, ht = objective(
+                trial, np.repeat(active[pending], t.size), 2 if t.size == 1 else 0
+            )
+            n_eval[active[pending]] += t.size
+            base = np.repeat(th[pending], t.size, axis=0)
+            decrease = np.einsum("ij,ij->i", np.repeat(ga[pending], t.size, axis=0), trial - base)
+            bound = np.repeat(fa[pending], t.size) + 1e-4 * np.minimum(decrease, 0.0)
+            accept = (np.isfinite(ft) & (ft <= bound)).reshape(r, t.size)
+            found = accept.any(axis=1)
+            pick = np.flatnonzero(found) * t.size + np.argmax(accept[found], axis=1)  # longest
+            done = pending[found]
+            new_th[done], new_f[done] = trial[pick], ft[pick]
+            if t.size == 1:
+                new_g[done], new_h[done] = gt[pick], ht[pick]
+            elif done.size:
+                _, new_g[done], new_h[done] = objective(trial[pick], active[done], 2)
+                n_eval[active[done]] += 1
+            pending = pending[~found]
             if pending.size == 0:
                 break
-            t[pending] *= 0.5
 
         stuck = np.zeros(active.size, dtype=bool)
         stuck[pending] = True
@@ -116,7 +133,7 @@ def minimize(
         # A failed line search means no representable decrease along a descent direction: the
         # optimum to machine precision when the gradient is small, a failure otherwise.
         lost = stuck & ~small & (pg > 1e-3 * (1.0 + np.abs(fa)))
-        theta[active], f[active], g[active] = new_th, new_f, new_g
+        theta[active], f[active], g[active], hess[active] = new_th, new_f, new_g, new_h
         converged[active[(small | stuck) & ~lost]] = True
         message[active[lost]] = "line search found no decrease"
         active = active[~(small | stuck)]
@@ -126,14 +143,9 @@ def minimize(
 
 
 def _newton_direction(
-    objective: Objective,
-    rows: np.ndarray,
-    theta: np.ndarray,
-    grad: np.ndarray,
-    fixed: np.ndarray,
-    fd_step: float,
+    theta: np.ndarray, grad: np.ndarray, hess: np.ndarray, fixed: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Projected Newton direction with a finite-difference Hessian made positive definite.
+    """Projected Newton direction with the Hessian made positive definite.
 
     The criterion depends on θ only through θ², so at θ_j = 0 its gradient vanishes and the
     bound is optimal exactly when the curvature there is non-negative (the gradient in θ_j² is
@@ -141,15 +153,7 @@ def _newton_direction(
 
     Returns the direction and the mask of coordinates held at the bound.
     """
-    m, k = theta.shape
-    hess = np.empty((m, k, k))
-    for j in range(k):
-        h = fd_step * np.maximum(1.0, theta[:, j])
-        shifted = theta.copy()
-        shifted[:, j] += h
-        _, gj = objective(shifted, rows, True)
-        hess[:, :, j] = (gj - grad) / h[:, None]
-    hess = 0.5 * (hess + hess.transpose(0, 2, 1))
+    k = theta.shape[1]
     curvature = np.diagonal(hess, axis1=1, axis2=2)
     at_zero = theta <= 0.0
     flat = np.abs(grad) <= 1e-12 * (1.0 + np.abs(curvature))
