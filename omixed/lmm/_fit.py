@@ -231,7 +231,15 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
         opt = minimize(objective, starts, fixed[rows])
         theta[rows], crit[rows] = opt.theta, opt.fmin
         converged[rows], n_iter[rows] = opt.converged, opt.n_iter
-        reason[rows] = np.where(opt.message == "", reason[rows], opt.message)
+        # The criterion can keep falling as θ → ∞ (σ² → 0): the random effects interpolate the
+        # few observations.  There is no finite optimum; say so rather than "no convergence".
+        degenerate = ~opt.converged & (np.nanmax(opt.theta, axis=1, initial=0.0) > 100.0)
+        message = np.where(
+            degenerate,
+            "residual variance tends to 0 (random effects fit the observations exactly)",
+            opt.message,
+        )
+        reason[rows] = np.where(message == "", reason[rows], message)
     elif rows.size:
         theta[rows] = np.zeros((rows.size, 0))
         crit[rows], _, _ = criterion(theta[rows], red, n_ok, p_ok, reml=reml)
