@@ -13,7 +13,9 @@ import pytest
 
 matplotlib.use("Agg")
 
-REFERENCE = Path(os.environ.get("OMIXED_REFERENCE", Path(__file__).parents[1] / ".." / "shared" / "reference"))
+REFERENCE = Path(
+    os.environ.get("OMIXED_REFERENCE", Path(__file__).parents[1] / ".." / "shared" / "reference")
+)
 
 
 def _reference_file(name: str) -> Path:

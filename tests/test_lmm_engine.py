@@ -47,12 +47,16 @@ def test_shift_changes_only_intercept_and_scale_is_equivariant(crossed):
     ref = lmm.fit(Y, design, FORMULA)
     shifted = lmm.fit(Y + 1000.0, design, FORMULA)
     np.testing.assert_allclose(shifted.criterion, ref.criterion, rtol=1e-9)
-    np.testing.assert_allclose(shifted.beta["Intercept"], ref.beta["Intercept"] + 1000.0, rtol=1e-10)
+    np.testing.assert_allclose(
+        shifted.beta["Intercept"], ref.beta["Intercept"] + 1000.0, rtol=1e-10
+    )
     np.testing.assert_allclose(shifted.beta.iloc[:, 1], ref.beta.iloc[:, 1], rtol=1e-6, atol=1e-9)
     for c in (1e-6, 1e6):
         scaled = lmm.fit(Y * c, design, FORMULA)
         np.testing.assert_allclose(scaled.theta, ref.theta, rtol=1e-6, atol=1e-8)
-        np.testing.assert_allclose(scaled.variance, ref.variance * c**2, rtol=1e-6, atol=1e-8 * c**2)
+        np.testing.assert_allclose(
+            scaled.variance, ref.variance * c**2, rtol=1e-6, atol=1e-8 * c**2
+        )
         nu = ref.n_obs - 2  # REML criterion shifts by ν log c²
         np.testing.assert_allclose(scaled.criterion, ref.criterion + nu * np.log(c**2), rtol=1e-9)
 
@@ -82,7 +86,9 @@ def test_unfittable_features_are_flagged_not_raised():
     assert not res.converged.iloc[:3].any()
     assert res.criterion.iloc[:3].isna().all() and res.beta.iloc[:3].isna().all().all()
     # Feature 3: the condition coefficient is not estimable and reported as NaN, the rest is fit.
-    assert res.converged.iloc[3] and np.isnan(res.beta.iloc[3, 1]) and np.isfinite(res.beta.iloc[3, 0])
+    assert (
+        res.converged.iloc[3] and np.isnan(res.beta.iloc[3, 1]) and np.isfinite(res.beta.iloc[3, 0])
+    )
     assert "condition[T.treated] not estimable" in res.notes.iloc[3]
     # Feature 4: a single observed batch level: batch variance fixed at 0.
     assert res.converged.iloc[4] and res.variance["batch"].iloc[4] == 0.0
@@ -152,7 +158,12 @@ def test_gradient_matches_finite_differences(crossed):
     M = np.hstack([*Z, spec.X])
     y = np.nan_to_num(Y[:, :4])
     w = np.isfinite(Y[:, :4]).astype(float)
-    A = np.stack([(np.column_stack([M, y[:, f]]) * w[:, f, None]).T @ np.column_stack([M, y[:, f]]) for f in range(4)])
+    A = np.stack(
+        [
+            (np.column_stack([M, y[:, f]]) * w[:, f, None]).T @ np.column_stack([M, y[:, f]])
+            for f in range(4)
+        ]
+    )
     layout = Layout((8, 4), 2)
     n = w.sum(0)
     theta = np.array([[0.7, 1.3], [0.0, 0.4], [2.0, 0.0], [0.3, 0.3]])

@@ -22,7 +22,9 @@ def _public():
             yield f"{ns}.{name}", getattr(module, name)
 
 
-@pytest.mark.parametrize(("name", "func"), list(_public()), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    ("name", "func"), list(_public()), ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_public_functions_follow_the_convention(name, func):
     assert func.__doc__, f"{name} has no docstring"
     for section in ("Parameters", "Returns", "Examples"):

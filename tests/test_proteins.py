@@ -34,7 +34,10 @@ def test_protein_fits_match_lme4(summarized):
         got, want = proteins.varm["lmm_variance"][term][agree], ref[f"var:{term}"][agree]
         assert ((np.abs(got - want) <= 1e-3 * np.abs(want)) | (np.abs(got - want) <= 1e-5)).all()
     se = ref["se:conditiontreated"][agree]
-    err = np.abs(proteins.varm["lmm_beta"]["condition[T.treated]"][agree] - ref["beta:conditiontreated"][agree])
+    err = np.abs(
+        proteins.varm["lmm_beta"]["condition[T.treated]"][agree]
+        - ref["beta:conditiontreated"][agree]
+    )
     assert (err <= 1e-3 * se).all()
     assert (proteins.var["lmm_n_obs"] == ref["nobs"]).all()
 

@@ -11,4 +11,12 @@ from ._grouped import fit_grouped
 from ._result import LMMResult
 from ._spec import ModelSpec, RandomTerm, build_spec, parse_formula
 
-__all__ = ["LMMResult", "ModelSpec", "RandomTerm", "build_spec", "fit", "fit_grouped", "parse_formula"]
+__all__ = [
+    "LMMResult",
+    "ModelSpec",
+    "RandomTerm",
+    "build_spec",
+    "fit",
+    "fit_grouped",
+    "parse_formula",
+]

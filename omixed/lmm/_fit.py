@@ -62,7 +62,9 @@ def _check_response(Y: np.ndarray, n_rows: int) -> np.ndarray:
     inf = np.isinf(Y)
     if inf.any():
         rows, cols = np.nonzero(inf)
-        where = ", ".join(f"(row {r}, feature {c})" for r, c in zip(rows[:5], cols[:5], strict=True))
+        where = ", ".join(
+            f"(row {r}, feature {c})" for r, c in zip(rows[:5], cols[:5], strict=True)
+        )
         raise ValueError(
             f"Y has {int(inf.sum())} infinite value(s), e.g. at {where}; use NaN for missing values"
         )
@@ -139,7 +141,7 @@ def fit(
         chunk_size = max(1, -(-m // n_chunks))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    bounds = list(range(0, m, chunk_size)) + [m]
+    bounds = [*range(0, m, chunk_size), m]
     chunks = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
 
     jobs = (delayed(_fit_chunk)(Y[:, a:b], design, reml) for a, b in chunks)
@@ -166,7 +168,7 @@ def _cross_products(M: np.ndarray, Y: np.ndarray, W: np.ndarray) -> np.ndarray:
 
 def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarray]:
     layout = design.layout
-    n, m = Y.shape
+    m = Y.shape[1]
     q, p = layout.q, layout.p
     # Features × rows, contiguous: every per-feature reduction runs along the last axis, so its
     # summation order (and the result, bitwise) does not depend on how many features share a chunk.

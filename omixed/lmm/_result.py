@@ -151,8 +151,16 @@ class LMMResult:
             **{
                 attr: stack(attr)
                 for attr in (
-                    "criterion", "theta", "variance", "beta", "se",
-                    "converged", "reason", "notes", "n_obs", "n_iter",
+                    "criterion",
+                    "theta",
+                    "variance",
+                    "beta",
+                    "se",
+                    "converged",
+                    "reason",
+                    "notes",
+                    "n_obs",
+                    "n_iter",
                 )
             },
         )

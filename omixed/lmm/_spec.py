@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from formulaic import model_matrix
 
-__all__ = ["ModelSpec", "RandomTerm", "parse_formula", "build_spec"]
+__all__ = ["ModelSpec", "RandomTerm", "build_spec", "parse_formula"]
 
 _RANDOM_RE = re.compile(r"^\s*(?P<expr>[^|]*?)\s*(?P<bars>\|\|?)\s*(?P<group>.+?)\s*$")
 
@@ -202,7 +202,9 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
                 f"fixed-effects term(s) {missing} not found in the data; available columns: "
                 f"{', '.join(map(str, data.columns))}"
             ) from exc
-        raise ValueError(f"cannot build the fixed-effects matrix for {fixed_formula!r}: {exc}") from exc
+        raise ValueError(
+            f"cannot build the fixed-effects matrix for {fixed_formula!r}: {exc}"
+        ) from exc
     X = np.asarray(mm, dtype=np.float64)
     names = tuple(str(c) for c in mm.columns)
     if X.shape[0] != len(data):

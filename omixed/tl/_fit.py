@@ -22,7 +22,7 @@ def fixed_term(column: str) -> str:
 
 
 def nested_terms(obs: pd.DataFrame, spec: lmm.ModelSpec) -> dict[str, list[str]]:
-    """For each random term, the fixed factors it is nested in (each of its levels sits in one level).
+    """For each random term, the fixed factors it is nested in (each level sits in one level).
 
     Donors nested in condition are a normal design; a *batch* nested in condition means batch and
     biology cannot be separated: the condition coefficient then compares batches.
@@ -159,7 +159,9 @@ def store(adata: AnnData, res: lmm.LMMResult, *, key_added: str, layer: str | No
         "formula": res.spec.formula,
         "reml": bool(res.reml),
         "layer": "" if layer is None else layer,
-        "terms": {t.name: {"levels": list(t.levels), "group": list(t.group)} for t in res.spec.terms},
+        "terms": {
+            t.name: {"levels": list(t.levels), "group": list(t.group)} for t in res.spec.terms
+        },
         "fixed_effects": list(res.spec.fixed_names),
         "fixed_terms": sorted({fixed_term(c) for c in res.spec.fixed_names}),
         "omixed_version": __version__,
@@ -181,7 +183,9 @@ def store(adata: AnnData, res: lmm.LMMResult, *, key_added: str, layer: str | No
 def fit_info(adata: AnnData, key: str) -> dict:
     """The ``uns`` record of a fit, with a clear error when there is none."""
     if key not in adata.uns or "formula" not in adata.uns[key]:
-        raise KeyError(f"no fit stored under uns[{key!r}]; run omixed.tl.fit(adata, ..., key_added={key!r})")
+        raise KeyError(
+            f"no fit stored under uns[{key!r}]; run omixed.tl.fit(adata, ..., key_added={key!r})"
+        )
     return adata.uns[key]
 
 

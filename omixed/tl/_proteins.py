@@ -80,7 +80,8 @@ def summarize_proteins(
     """
     if protein_key not in adata.var.columns:
         raise KeyError(
-            f"var has no column {protein_key!r} (available: {', '.join(map(str, adata.var.columns))})"
+            f"var has no column {protein_key!r} "
+            f"(available: {', '.join(map(str, adata.var.columns))})"
         )
     if not adata.var_names.is_unique or not adata.obs_names.is_unique:
         raise ValueError("sample and peptide names must be unique")
@@ -90,7 +91,9 @@ def summarize_proteins(
         raise ValueError(f"the formula needs a (1|peptide) term, got {formula!r}")
     unknown = [t for t in remove if t not in groups or t == "peptide"]
     if unknown:
-        raise ValueError(f"cannot remove {unknown}: not a random term of {formula!r} besides peptide")
+        raise ValueError(
+            f"cannot remove {unknown}: not a random term of {formula!r} besides peptide"
+        )
 
     Y = get_matrix(adata, layer)
     obs = adata.obs.copy()
@@ -110,8 +113,16 @@ def summarize_proteins(
         raise ValueError(f"no protein has at least {min_peptides} observed peptides")
     long = long[long["protein"].isin(keep)]
     res, positions = lmm.fit_grouped(
-        long, obs, formula, feature="protein", unit="sample", local="peptide", value="y",
-        reml=reml, n_jobs=n_jobs, progress=progress,
+        long,
+        obs,
+        formula,
+        feature="protein",
+        unit="sample",
+        local="peptide",
+        value="y",
+        reml=reml,
+        n_jobs=n_jobs,
+        progress=progress,
     )
     proteins = res.feature_names
 
@@ -124,10 +135,14 @@ def summarize_proteins(
     contributions = {}
     for term in (t for t in res.spec.terms if t.name != "peptide"):
         blup = res.blup[term.name]
-        labels = obs.index.to_numpy() if term.name == "sample" else design_codes(obs, list(term.group))
+        labels = (
+            obs.index.to_numpy() if term.name == "sample" else design_codes(obs, list(term.group))
+        )
         contributions[term.name] = blup.reindex(columns=labels).to_numpy().T
         abundance = abundance + np.where(
-            np.isnan(contributions[term.name]) & (term.name != "sample"), 0.0, contributions[term.name]
+            np.isnan(contributions[term.name]) & (term.name != "sample"),
+            0.0,
+            contributions[term.name],
         )
     corrected = abundance - sum(np.nan_to_num(contributions[t]) for t in remove)
 

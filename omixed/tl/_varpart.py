@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
-def variance_partition(adata: AnnData, *, key: str = "lmm", key_added: str | None = None) -> pd.DataFrame:
+def variance_partition(
+    adata: AnnData, *, key: str = "lmm", key_added: str | None = None
+) -> pd.DataFrame:
     """Fraction of each feature's variance explained by each term.
 
     As in variancePartition (Hoffman & Schadt 2016): a random term contributes its variance
