@@ -233,3 +233,29 @@ def test_buckets_merge_small_groups_and_keep_large_ones_apart():
     assert _buckets(sizes, np.full(14, 2)) == [15]  # overhead dominates: one padded call
     assert _buckets(sizes, np.full(14, 10**6)) == sizes.tolist()  # padding dominates
     assert _buckets(np.array([3]), np.array([5])) == [3]
+
+
+def test_one_term_shortcut_matches_general_path_and_is_chunk_invariant():
+    design = crossed_design(n_batch=5, n_donor=10, reps=3, seed=4)
+    Y = simulate(design, n_features=200, seed=5)
+    Y[:, :3] *= 0.0  # constant features take the flag path, not the shortcut
+    Y[:, 5] = 7.0 + 0.01 * np.arange(len(design))  # no batch signal: boundary fit
+    formula = "~ condition + (1|batch)"
+    for reml in (True, False):
+        fast = lmm.fit(Y, design, formula, reml=reml)
+        # An extra, never-observed row forces every feature through the general optimizer.
+        padded = pd.concat([design, design.iloc[:1]], ignore_index=True)
+        general = lmm.fit(
+            np.vstack([Y, np.full((1, Y.shape[1]), np.nan)]), padded, formula, reml=reml
+        )
+        np.testing.assert_allclose(fast.criterion, general.criterion, rtol=1e-10, atol=1e-8)
+        np.testing.assert_allclose(fast.theta, general.theta, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(fast.beta, general.beta, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(fast.blup["batch"], general.blup["batch"], rtol=1e-5, atol=1e-7)
+        assert fast.converged.iloc[3:].all()
+        assert fast.theta["batch"].iloc[5] == 0.0
+    for chunk in (1, 17):
+        other = lmm.fit(Y, design, formula, chunk_size=chunk)
+        ref = lmm.fit(Y, design, formula)
+        pd.testing.assert_series_equal(other.criterion, ref.criterion, check_exact=True)
+        pd.testing.assert_frame_equal(other.blup["batch"], ref.blup["batch"], check_exact=True)

@@ -11,6 +11,7 @@ from joblib import Parallel, delayed
 from ._objective import Layout, criterion, reduce
 from ._optimize import minimize
 from ._result import LMMResult
+from ._spectral import Spectral, spectral_fit
 from ._spec import ModelSpec, aliased_mask, build_spec
 
 __all__ = ["fit"]
@@ -27,6 +28,7 @@ class _Design:
     layout: Layout
     order: np.ndarray  # formula-order index of each term in elimination order
     intercept: int | None  # column of X that is all ones, if any
+    spectral: Spectral | None  # the one-term shortcut's design pieces, if it applies
     fixed_names: tuple[str, ...]
     term_names: tuple[str, ...]  # elimination order
 
@@ -42,7 +44,8 @@ def _design(spec: ModelSpec) -> _Design:
     ones = np.flatnonzero(np.all(spec.X == 1.0, axis=0))
     names = tuple(spec.terms[i].name for i in order)
     intercept = int(ones[0]) if ones.size else None
-    return _Design(M, layout, order, intercept, spec.fixed_names, names)
+    spectral = Spectral.from_design(spec.X, Z[0]) if len(Z) == 1 else None
+    return _Design(M, layout, order, intercept, spectral, spec.fixed_names, names)
 
 
 def _check_response(Y: np.ndarray, n_rows: int) -> np.ndarray:
@@ -159,11 +162,22 @@ def fit(
 def _cross_products(M: np.ndarray, Y: np.ndarray, W: np.ndarray) -> np.ndarray:
     """``A[f] = [M y_f]' diag(w_f) [M y_f]`` for features × rows ``Y`` and ``W``, ``(m, D+1, D+1)``.
 
-    Computed as one small product per feature (a stacked matmul) rather than one large GEMM
-    over features, whose blocking would make the sums depend on the chunk's size.
+    Features observed in every row share ``M'M``; the others get one small product each (a
+    stacked matmul).  No large GEMM runs across features: its blocking would make the sums
+    depend on how many features share a chunk.
     """
-    MY = np.concatenate([np.broadcast_to(M, (Y.shape[0], *M.shape)), Y[:, :, None]], axis=2)
-    return (MY * W[:, :, None]).transpose(0, 2, 1) @ MY
+    m, D = Y.shape[0], M.shape[1]
+    A = np.empty((m, D + 1, D + 1))
+    complete = W.all(axis=1)
+    A[complete, :D, :D] = M.T @ M
+    partial = np.flatnonzero(~complete)
+    if partial.size:
+        Mw = M[None] * W[partial, :, None]
+        A[partial, :D, :D] = Mw.transpose(0, 2, 1) @ M
+    wy = W * Y
+    A[:, D, :D] = A[:, :D, D] = np.einsum("fn,nd->fd", wy, M)
+    A[:, D, D] = (wy * Y).sum(axis=1)
+    return A
 
 
 def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarray]:
@@ -218,34 +232,47 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
 
     rows = np.flatnonzero(ok)
     A_ok, n_ok, p_ok = A[rows], n_obs[rows], p_eff[rows].astype(np.float64)
-    red = reduce(A_ok, layout)
-
-    def objective(theta, sub, order):
-        return criterion(theta, red.take(sub), n_ok[sub], p_ok[sub], reml=reml, order=order)
-
     k = layout.n_theta
     theta = np.full((m, k), np.nan)
     crit = np.full(m, np.nan)
     converged = np.zeros(m, dtype=bool)
     n_iter = np.zeros(m, dtype=np.int64)
-    if rows.size and k:
-        starts = np.broadcast_to(np.array(_STARTS)[:, None, None], (len(_STARTS), rows.size, k))
-        opt = minimize(objective, starts, fixed[rows])
-        theta[rows], crit[rows] = opt.theta, opt.fmin
-        converged[rows], n_iter[rows] = opt.converged, opt.n_iter
-        # The criterion can keep falling as θ → ∞ (σ² → 0): the random effects interpolate the
-        # few observations.  There is no finite optimum; say so rather than "no convergence".
-        degenerate = ~opt.converged & (np.nanmax(opt.theta, axis=1, initial=0.0) > 100.0)
-        message = np.where(
-            degenerate,
-            "residual variance tends to 0 (random effects fit the observations exactly)",
-            opt.message,
-        )
-        reason[rows] = np.where(message == "", reason[rows], message)
-    elif rows.size:
-        theta[rows] = np.zeros((rows.size, 0))
-        crit[rows], _, _ = criterion(theta[rows], red, n_ok, p_ok, reml=reml)
-        converged[rows] = True
+
+    # One random term and complete data: the exact 1-D shortcut (see _spectral).
+    shortcut = np.zeros(rows.size, dtype=bool)
+    if k == 1 and design.spectral is not None:
+        shortcut = (n_ok == Y.shape[0]) & (p_ok == p) & ~fixed[rows, 0]
+    if shortcut.any():
+        sel = rows[shortcut]
+        theta[sel], crit[sel], converged[sel] = spectral_fit(Ys[sel], design.spectral, reml)
+        reason[sel[~converged[sel]]] = "no convergence of the one-dimensional search"
+
+    general = np.flatnonzero(~shortcut)
+    if general.size:
+        red = reduce(A_ok[general], layout)
+        n_g, p_g, sub_rows = n_ok[general], p_ok[general], rows[general]
+
+        def objective(th, sub, order):
+            return criterion(th, red.take(sub), n_g[sub], p_g[sub], reml=reml, order=order)
+
+        if k:
+            starts = np.broadcast_to(
+                np.array(_STARTS)[:, None, None], (len(_STARTS), general.size, k)
+            )
+            opt = minimize(objective, starts, fixed[sub_rows])
+            theta[sub_rows], crit[sub_rows] = opt.theta, opt.fmin
+            converged[sub_rows], n_iter[sub_rows] = opt.converged, opt.n_iter
+            reason[sub_rows] = np.where(opt.message == "", reason[sub_rows], opt.message)
+        else:
+            theta[sub_rows] = np.zeros((general.size, 0))
+            crit[sub_rows], _, _ = criterion(theta[sub_rows], red, n_g, p_g, reml=reml)
+            converged[sub_rows] = True
+    # The criterion can keep falling as θ → ∞ (σ² → 0): the random effects interpolate the
+    # few observations.  There is no finite optimum; say so rather than "no convergence".
+    degenerate = ok & ~converged & (np.nan_to_num(theta).max(axis=1, initial=0.0) > 100.0)
+    reason[degenerate] = (
+        "residual variance tends to 0 (random effects fit the observations exactly)"
+    )
 
     est = _estimates(theta[rows], A_ok, layout, n_ok, p_ok, reml)
     beta = np.full((m, p), np.nan)
