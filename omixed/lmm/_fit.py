@@ -11,8 +11,8 @@ from joblib import Parallel, delayed
 from ._objective import Layout, criterion, reduce
 from ._optimize import minimize
 from ._result import LMMResult
-from ._spectral import Spectral, spectral_fit
 from ._spec import ModelSpec, aliased_mask, build_spec
+from ._spectral import Spectral, spectral_fit
 
 __all__ = ["fit"]
 
