@@ -17,7 +17,7 @@ from ._spectral import Spectral, spectral_fit
 __all__ = ["fit"]
 
 _STARTS = (0.5, 1.0, 2.0)  # relative SDs tried before Newton; the best one starts each feature
-_DEFAULT_CHUNK_BYTES = 64 * 2**20
+_DEFAULT_CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def fit(
     n_jobs
         Parallel worker processes over feature chunks (joblib).
     chunk_size
-        Features per chunk; by default chosen to keep each chunk's arrays near 64 MiB.
+        Features per chunk; by default chosen to keep each chunk's arrays near 32 MiB.
     feature_names
         Names used as the index of the result tables.
     progress
@@ -137,7 +137,8 @@ def fit(
     if len(feature_names) != m:
         raise ValueError(f"{len(feature_names)} feature names for {m} features")
     if chunk_size is None:
-        per_feature = 8 * (design.M.shape[1] + 1) ** 2 * 12  # A plus the optimizer's temporaries
+        # A and the optimizer's temporaries, plus the chunk's few copies of the data rows.
+        per_feature = 8 * ((design.M.shape[1] + 1) ** 2 * 12 + 8 * spec.n_rows)
         chunk_size = int(max(64, min(8192, _DEFAULT_CHUNK_BYTES // per_feature)))
         # Balanced chunks, at least one per worker (results do not depend on the chunking).
         n_chunks = max(-(-m // chunk_size), min(n_jobs, -(-m // 64)) if n_jobs > 0 else 1)
