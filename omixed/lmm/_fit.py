@@ -138,7 +138,7 @@ def fit(
         raise ValueError(f"{len(feature_names)} feature names for {m} features")
     if chunk_size is None:
         # A and the optimizer's temporaries, plus the chunk's few copies of the data rows.
-        per_feature = 8 * ((design.M.shape[1] + 1) ** 2 * 12 + 8 * spec.n_rows)
+        per_feature = 8 * ((design.M.shape[1] + 1) ** 2 * 4 + 8 * spec.n_rows)
         chunk_size = int(max(64, min(8192, _DEFAULT_CHUNK_BYTES // per_feature)))
         # Balanced chunks, at least one per worker (results do not depend on the chunking).
         n_chunks = max(-(-m // chunk_size), min(n_jobs, -(-m // 64)) if n_jobs > 0 else 1)
