@@ -1,0 +1,1 @@
+"""Implementation of the ``omixed`` command line (see :mod:`omixed.cli`)."""

@@ -1,0 +1,232 @@
+"""The work of each ``omixed`` subcommand; argument parsing lives in :mod:`omixed.cli`.
+
+Every command reads its inputs, computes everything, and only then writes its outputs, each
+through :func:`omixed._utils.atomic_path`, so a failed or killed command leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .. import datasets, io, lmm, pl, pp, tl
+from .._utils import get_matrix
+from ..io._table import format_names, read_header
+from ..tl._fit import nested_terms, store
+from ._files import (
+    RUN_KEY,
+    read_h5ad,
+    read_pickle,
+    record,
+    run_record,
+    write_h5ad,
+    write_pickle,
+    write_tsv,
+)
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+log = logging.getLogger("omixed.cli")
+
+READERS = {
+    "table": io.read_table,
+    "maxquant": io.read_maxquant,
+    "diann": io.read_diann,
+    "long": io.read_long,
+}
+INPUT_TYPES = ("example", "h5ad", *READERS)
+NORMALIZERS = {
+    "log_transform": pp.log_transform,
+    "median_center": pp.median_center,
+    "quantile_normalize": pp.quantile_normalize,
+    "clr": pp.clr,
+}
+
+
+def import_(args: argparse.Namespace) -> None:
+    if args.type in ("example", "h5ad") and args.options:
+        raise ValueError(f"--options are reader options; 'omixed import {args.type}' takes none")
+    if args.type == "example":
+        if args.path is not None:
+            raise ValueError("'omixed import example' takes no input path")
+        adata = datasets.example()
+    elif args.path is None:
+        raise ValueError(f"'omixed import {args.type}' needs an input path")
+    elif args.type == "h5ad":
+        adata = read_h5ad(args.path)
+    else:
+        adata = READERS[args.type](args.path, **args.options)
+    if args.samples is not None:
+        # The sheet is the authority on sample annotations: its columns replace those the
+        # data already carry (an h5ad's obs, the example's design), instead of clashing.
+        columns, _ = read_header(args.samples)
+        adata.obs = adata.obs.drop(columns=[c for c in columns if c in adata.obs.columns])
+        io.join_sample_sheet(adata, args.samples, sample_col=args.sample_column)
+    record(
+        adata,
+        "import",
+        {
+            "type": args.type,
+            "path": args.path,
+            "options": args.options,
+            "samples": args.samples,
+            "sample_column": args.sample_column,
+        },
+    )
+    write_h5ad(adata, args.output)
+
+
+def normalize(args: argparse.Namespace) -> None:
+    unknown = [s for s in args.steps if s not in NORMALIZERS]
+    if unknown:
+        raise ValueError(f"unknown normalization step(s) {unknown}; choose from {[*NORMALIZERS]}")
+    adata = read_h5ad(args.input)
+    for step in args.steps:
+        log.info("normalize: %s", step)
+        NORMALIZERS[step](adata)
+    record(adata, "normalize", {"steps": list(args.steps)})
+    write_h5ad(adata, args.output)
+
+
+def split(args: argparse.Namespace) -> None:
+    adata = read_h5ad(args.input)
+    n_chunks = len(args.output)
+    if n_chunks > adata.n_vars:
+        raise ValueError(f"cannot split {adata.n_vars} features into {n_chunks} chunks")
+    # Contiguous ranges, so that concatenating the chunk fits restores the feature order.
+    ranges = np.array_split(np.arange(adata.n_vars), n_chunks)
+    chunks = []
+    for i, idx in enumerate(ranges):
+        chunk = adata[:, idx].copy()
+        span = [int(idx[0]), int(idx[-1]) + 1]
+        record(chunk, "split", {"chunk": i + 1, "n_chunks": n_chunks, "features": span})
+        chunks.append(chunk)
+    for chunk, path in zip(chunks, args.output, strict=True):
+        write_h5ad(chunk, path)
+
+
+def fit(args: argparse.Namespace) -> None:
+    adata = read_h5ad(args.input)
+    params = {"formula": args.formula, "reml": not args.ml, "layer": args.layer, "key": args.key}
+    if Path(args.output).suffix == ".h5ad":
+        tl.fit(
+            adata,
+            args.formula,
+            layer=args.layer,
+            reml=not args.ml,
+            key_added=args.key,
+            n_jobs=args.threads,
+            progress=False,
+        )
+        record(adata, "fit", params)
+        write_h5ad(adata, args.output)
+        return
+    # A result file for `omixed merge`: the engine's result for these features, unstored.
+    res = lmm.fit(
+        get_matrix(adata, args.layer),
+        adata.obs,
+        args.formula,
+        reml=not args.ml,
+        n_jobs=args.threads,
+        feature_names=adata.var_names,
+        progress=False,
+    )
+    log.info("fit %d features, %d converged", res.n_features, int(res.converged.sum()))
+    write_pickle({"params": params, "run": run_record(params), "result": res}, args.output)
+
+
+def merge(args: argparse.Namespace) -> None:
+    adata = read_h5ad(args.data)
+    chunks = [read_pickle(path) for path in args.chunks]
+    for path, chunk in zip(args.chunks, chunks, strict=True):
+        if not isinstance(chunk, dict) or "result" not in chunk:
+            raise ValueError(f"{path} is not a result file written by 'omixed fit'")
+        if chunk["params"] != chunks[0]["params"]:
+            raise ValueError(
+                f"{path} was fit with {chunk['params']}, {args.chunks[0]} with "
+                f"{chunks[0]['params']}; refit the chunks with one model"
+            )
+    names = pd.Index(np.concatenate([c["result"].feature_names for c in chunks]))
+    if names.has_duplicates or not names.sort_values().equals(adata.var_names.sort_values()):
+        missing = adata.var_names.difference(names)
+        extra = names.difference(adata.var_names)
+        duplicated = names[names.duplicated()].unique()
+        raise ValueError(
+            f"the chunks do not cover the features of {args.data} once each: missing "
+            f"{format_names(missing, 5) or 'none'}; not in the data "
+            f"{format_names(extra, 5) or 'none'}; "
+            f"duplicated {format_names(duplicated, 5) or 'none'}"
+        )
+    res = lmm.LMMResult.concat([c["result"] for c in chunks], order=adata.var_names)
+    params = chunks[0]["params"]
+    # What tl.fit stores after fitting, so that a merged fit equals an unchunked one.
+    store(adata, res, key_added=params["key"], layer=params["layer"])
+    adata.uns[params["key"]]["nested_in"] = nested_terms(adata.obs, res.spec)
+    run = dict(adata.uns.get(RUN_KEY, {}))
+    run["fit"] = chunks[0]["run"]
+    adata.uns[RUN_KEY] = run
+    record(adata, "merge", {"n_chunks": len(chunks)})
+    write_h5ad(adata, args.output)
+
+
+def correct(args: argparse.Namespace) -> None:
+    adata = read_h5ad(args.input)
+    tl.correct(adata, key=args.key, remove=args.remove, layer_added=args.layer_added)
+    params = {"key": args.key, "remove": list(args.remove), "layer_added": args.layer_added}
+    record(adata, "correct", params)
+    write_h5ad(adata, args.output)
+
+
+def export(args: argparse.Namespace) -> None:
+    outputs = (args.h5ad, args.corrected_tsv, args.fit_tsv, args.varpart_tsv)
+    if all(path is None for path in outputs):
+        raise ValueError(
+            "nothing to export: give --h5ad, --corrected-tsv, --fit-tsv and/or --varpart-tsv"
+        )
+    adata = read_h5ad(args.input)
+    varpart = tl.variance_partition(adata, key=args.key)
+    record(adata, "export", {"key": args.key, "layer": args.layer})
+    run = dict(adata.uns[RUN_KEY])
+    if args.h5ad is not None:
+        write_h5ad(adata, args.h5ad)
+    if args.corrected_tsv is not None:
+        values = get_matrix(adata, args.layer)
+        table = pd.DataFrame(values.T, index=adata.var_names, columns=adata.obs_names)
+        write_tsv(table.rename_axis("feature"), args.corrected_tsv, run)
+    if args.fit_tsv is not None:
+        write_tsv(fit_table(adata, args.key), args.fit_tsv, run)
+    if args.varpart_tsv is not None:
+        write_tsv(varpart.rename_axis("feature"), args.varpart_tsv, run)
+
+
+def fit_table(adata: AnnData, key: str) -> pd.DataFrame:
+    """One row per feature: criterion, convergence, reason, variance components, β and SE."""
+    fields = ["criterion", "converged", "n_obs", "reason", "notes"]
+    parts = [
+        adata.var[[f"{key}_{f}" for f in fields]].set_axis(fields, axis=1),
+        adata.varm[f"{key}_variance"].add_prefix("var_"),
+        adata.varm[f"{key}_beta"].add_prefix("beta_"),
+        adata.varm[f"{key}_se"].add_prefix("se_"),
+    ]
+    return pd.concat(parts, axis=1).rename_axis("feature")
+
+
+def plot(args: argparse.Namespace) -> None:
+    if args.varpart is None and args.pca is None:
+        raise ValueError("nothing to plot: give --varpart and/or --pca")
+    adata = read_h5ad(args.input)
+    # The plot functions save atomically themselves.
+    if args.varpart is not None:
+        if f"{args.key}_varpart" not in adata.varm:
+            tl.variance_partition(adata, key=args.key)
+        pl.variance_partition(adata, key=args.key, show=False, save=args.varpart)
+        log.info("wrote %s", args.varpart)
+    if args.pca is not None:
+        pl.pca(adata, layers=(None, args.layer), color=args.color, show=False, save=args.pca)
+        log.info("wrote %s", args.pca)

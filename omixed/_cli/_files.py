@@ -1,0 +1,101 @@
+"""Reading and atomically writing the CLI's files, each stamped with how it was made.
+
+Provenance lives in ``adata.uns["omixed_run"]``: one entry per step (``import``, ``normalize``,
+``fit``, ...) holding the package version, the command line and the step's parameters as JSON
+(JSON rather than nested h5ad groups: h5ad cannot store None or lists of mixed types).  TSV
+outputs carry the same record on a first line ``# omixed <version> <json>``; read them with
+``pandas.read_csv(path, sep="\\t", skiprows=1, index_col=0)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+
+from .. import __version__
+from .._utils import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from anndata import AnnData
+
+RUN_KEY = "omixed_run"
+log = logging.getLogger("omixed.cli")
+
+
+def read_h5ad(path: str | os.PathLike) -> AnnData:
+    """Read an h5ad file, with a plain error for a missing or unreadable one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        adata = ad.read_h5ad(path)
+    except OSError as err:  # h5py's message for a truncated or non-HDF5 file
+        raise ValueError(f"{path} is not a readable h5ad file: {err}") from err
+    log.info("read %s (%d samples × %d features)", path, adata.n_obs, adata.n_vars)
+    return adata
+
+
+def run_record(params: dict[str, Any]) -> dict[str, str]:
+    """The provenance entry of one step: version, command line and parameters."""
+    return {
+        "omixed_version": __version__,
+        "command": shlex.join(["omixed", *sys.argv[1:]]),
+        "params": json.dumps(params, sort_keys=True, default=str),
+    }
+
+
+def record(adata: AnnData, step: str, params: dict[str, Any]) -> None:
+    """Add (or replace) the entry of ``step`` in ``adata.uns["omixed_run"]``."""
+    run = dict(adata.uns.get(RUN_KEY, {}))
+    run[step] = run_record(params)
+    adata.uns[RUN_KEY] = run
+
+
+def write_h5ad(adata: AnnData, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp)
+    log.info("wrote %s (%d samples × %d features)", path, adata.n_obs, adata.n_vars)
+
+
+def write_tsv(table: pd.DataFrame, path: str | os.PathLike, run: dict[str, Any]) -> None:
+    """Write ``table`` as TSV under a ``# omixed <version> <run record as JSON>`` line."""
+    header = f"# omixed {__version__} {json.dumps(_decoded(run), sort_keys=True)}\n"
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(header)
+        table.to_csv(fh, sep="\t")
+    log.info("wrote %s (%d rows × %d columns)", path, *table.shape)
+
+
+def write_pickle(obj: object, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    log.info("wrote %s", path)
+
+
+def read_pickle(path: str | os.PathLike) -> Any:
+    """Load a file written by :func:`write_pickle` (only ever load files omixed wrote)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    with open(path, "rb") as fh:
+        try:
+            return pickle.load(fh)
+        except (pickle.UnpicklingError, EOFError) as err:
+            raise ValueError(f"{path} is not a result file written by 'omixed fit': {err}") from err
+
+
+def _decoded(run: dict[str, Any]) -> dict[str, Any]:
+    """A run record (possibly read back from h5ad) with each step's parameters as JSON values."""
+    return {
+        str(step): {str(k): json.loads(v) if k == "params" else str(v) for k, v in entry.items()}
+        for step, entry in run.items()
+    }

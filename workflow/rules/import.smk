@@ -1,0 +1,19 @@
+rule import_data:
+    input:
+        unpack(import_input),
+    output:
+        "results/data/imported.h5ad",
+    log:
+        "logs/import.log",
+    params:
+        type=config["input"]["type"],
+        args=import_args,
+        options=json.dumps(config["input"]["options"], sort_keys=True),
+    threads: res("import", "threads")
+    resources:
+        mem_mb=res("import", "mem_mb"),
+        runtime=res("import", "runtime"),
+    conda:
+        "../envs/omixed.yaml"
+    shell:
+        "omixed import {params.type} {params.args} --options {params.options:q} -o {output} 2> {log}"

@@ -1,0 +1,24 @@
+rule plot:
+    input:
+        "results/corrected.h5ad",
+    output:
+        varpart=report(
+            "results/plots/variance_partition.png",
+            caption="../report/variance_partition.rst",
+            category="Batch correction",
+        ),
+        pca=report(
+            "results/plots/pca.png",
+            caption="../report/pca.rst",
+            category="Batch correction",
+        ),
+    log:
+        "logs/plot.log",
+    threads: res("plot", "threads")
+    resources:
+        mem_mb=res("plot", "mem_mb"),
+        runtime=res("plot", "runtime"),
+    conda:
+        "../envs/omixed.yaml"
+    shell:
+        "omixed plot {input} --varpart {output.varpart} --pca {output.pca} 2> {log}"
