@@ -14,6 +14,20 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from . import datasets, io, lmm, pl, pp, tl
+import importlib
 
 __all__ = ["__version__", "datasets", "io", "lmm", "pl", "pp", "tl"]
+
+
+def __getattr__(name: str):
+    # Namespaces load on first use: a CLI step or Snakemake job that only fits never pays for
+    # matplotlib or the readers.
+    if name in __all__:
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'omixed' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
