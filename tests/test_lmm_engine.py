@@ -259,3 +259,39 @@ def test_one_term_shortcut_matches_general_path_and_is_chunk_invariant():
         ref = lmm.fit(Y, design, formula)
         pd.testing.assert_series_equal(other.criterion, ref.criterion, check_exact=True)
         pd.testing.assert_frame_equal(other.blup["batch"], ref.blup["batch"], check_exact=True)
+
+
+def test_infinite_values_can_be_treated_as_missing():
+    design = crossed_design()
+    Y = simulate(design, n_features=3)
+    Y_inf = Y.copy()
+    Y_inf[[1, 4], 2] = [np.inf, -np.inf]
+    with pytest.warns(UserWarning, match=r"2 infinite value\(s\) in 1 feature"):
+        res = lmm.fit(Y_inf, design, FORMULA, nonfinite="missing")
+    Y[[1, 4], 2] = np.nan
+    ref = lmm.fit(Y, design, FORMULA)
+    pd.testing.assert_series_equal(res.criterion, ref.criterion)
+    assert res.n_obs.iloc[2] == len(design) - 2
+
+
+def test_aliased_fixed_columns_dropped_on_request():
+    design = crossed_design().assign(cond2=lambda d: d["condition"])
+    Y = simulate(design, n_features=3)
+    with pytest.warns(UserWarning, match=r"\['cond2\[T.treated\]'\] are aliased.*dropped"):
+        res = lmm.fit(Y, design, "~ condition + cond2 + (1|batch)", drop_aliased=True)
+    ref = lmm.fit(Y, design, "~ condition + (1|batch)")
+    assert list(res.beta.columns) == list(ref.beta.columns)
+    pd.testing.assert_series_equal(res.criterion, ref.criterion)
+
+
+def test_single_sample_batch_and_numeric_grouping():
+    design = crossed_design()
+    design.loc[0, "batch"] = "lonely"  # a batch with one sample
+    Y = simulate(design, n_features=5)
+    res = lmm.fit(Y, design, FORMULA)
+    assert res.converged.all()
+    assert np.isfinite(res.blup["batch"]["lonely"]).all()
+    design["plate"] = np.repeat([1.0, 2.0, 3.0], len(design) // 3 + 1)[: len(design)]
+    with pytest.warns(UserWarning, match="numeric column 'plate' is used as a grouping factor"):
+        res = lmm.fit(Y, design, "~ condition + (1|plate)")
+    assert list(res.blup["plate"].columns) == ["1.0", "2.0", "3.0"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +49,7 @@ def _design(spec: ModelSpec) -> _Design:
     return _Design(M, layout, order, intercept, spectral, spec.fixed_names, names)
 
 
-def _check_response(Y: np.ndarray, n_rows: int) -> np.ndarray:
+def _check_response(Y: np.ndarray, n_rows: int, nonfinite: str) -> np.ndarray:
     Y = np.asarray(Y)
     if Y.ndim == 1:
         Y = Y[:, None]
@@ -62,14 +63,25 @@ def _check_response(Y: np.ndarray, n_rows: int) -> np.ndarray:
             f"Y has {Y.shape[0]} rows but the data has {n_rows}; rows of Y are the data's rows "
             "(transpose a features × samples matrix)"
         )
+    if nonfinite not in ("raise", "missing"):
+        raise ValueError(f"nonfinite must be 'raise' or 'missing', got {nonfinite!r}")
     inf = np.isinf(Y)
+    if inf.any() and nonfinite == "missing":
+        warnings.warn(
+            f"{int(inf.sum())} infinite value(s) in {int(inf.any(axis=0).sum())} feature(s) "
+            "treated as missing",
+            UserWarning,
+            stacklevel=3,
+        )
+        return np.where(inf, np.nan, Y)
     if inf.any():
         rows, cols = np.nonzero(inf)
         where = ", ".join(
             f"(row {r}, feature {c})" for r, c in zip(rows[:5], cols[:5], strict=True)
         )
         raise ValueError(
-            f"Y has {int(inf.sum())} infinite value(s), e.g. at {where}; use NaN for missing values"
+            f"Y has {int(inf.sum())} infinite value(s), e.g. at {where}; use NaN for missing "
+            "values or pass nonfinite='missing'"
         )
     return Y
 
@@ -84,6 +96,8 @@ def fit(
     chunk_size: int | None = None,
     feature_names: list[str] | pd.Index | None = None,
     progress: bool | None = False,
+    nonfinite: str = "raise",
+    drop_aliased: bool = False,
 ) -> LMMResult:
     """Fit ``formula`` to every column of ``Y`` by REML (default) or ML.
 
@@ -110,6 +124,12 @@ def fit(
         Names used as the index of the result tables.
     progress
         Show a progress bar over chunks (``None``: only for more than 10 chunks).
+    nonfinite
+        ``"raise"`` (default): ±inf in ``Y`` is an error naming where; ``"missing"``: treat
+        them as missing values, with a warning.
+    drop_aliased
+        Drop fixed-effect columns that are linear combinations of earlier ones (with a
+        warning) instead of raising.
 
     Returns
     -------
@@ -127,8 +147,8 @@ def fit(
     >>> res.variance.columns.tolist()
     ['batch', 'Residual']
     """
-    spec = build_spec(data, formula)
-    Y = _check_response(Y, spec.n_rows)
+    spec = build_spec(data, formula, drop_aliased=drop_aliased)
+    Y = _check_response(Y, spec.n_rows, nonfinite)
     design = _design(spec)
     m = Y.shape[1]
     if feature_names is None:

@@ -154,7 +154,7 @@ def _grouping_factor(data: pd.DataFrame, group: str) -> tuple[tuple[str, ...], n
     return cols, codes, tuple(order)
 
 
-def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
+def build_spec(data: pd.DataFrame, formula: str, *, drop_aliased: bool = False) -> ModelSpec:
     """Evaluate ``formula`` on ``data``: the fixed-effects matrix and the random-effects terms.
 
     Raises
@@ -212,12 +212,20 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     if X.shape[1] == 0:
         raise ValueError("the model has no fixed effects; keep at least an intercept")
     aliased = aliased_columns(X)
-    if aliased:
+    if aliased and not drop_aliased:
         raise ValueError(
             "the fixed-effects design is rank deficient: column(s) "
             f"{[names[i] for i in aliased]} are linear combinations of earlier columns "
-            "(e.g. a covariate confounded with another); remove them from the formula"
+            "(e.g. a covariate confounded with another); remove them from the formula or "
+            "pass drop_aliased=True"
         )
+    if aliased:
+        dropped = [names[i] for i in aliased]
+        message = f"fixed-effects column(s) {dropped} are aliased with earlier columns: dropped"
+        warnings.warn(message, UserWarning, stacklevel=3)
+        notes.append(message)
+        keep = [i for i in range(len(names)) if i not in aliased]
+        X, names = X[:, keep], tuple(names[i] for i in keep)
     return ModelSpec(formula, fixed_formula, X, names, tuple(terms), tuple(notes))
 
 

@@ -50,6 +50,8 @@ def fit(
     chunk_size: int | None = None,
     copy: bool = False,
     progress: bool | None = None,
+    nonfinite: str = "raise",
+    drop_aliased: bool = False,
 ) -> AnnData | None:
     """Fit a linear mixed model to every feature (variable) of ``adata``.
 
@@ -76,6 +78,10 @@ def fit(
         Return a modified copy instead of writing into ``adata``.
     progress
         Show a progress bar (``None``: only for large inputs).
+    nonfinite
+        ``"raise"`` (default) on ±inf values, or ``"missing"`` to treat them as missing.
+    drop_aliased
+        Drop aliased fixed-effect columns with a warning instead of raising.
 
     Returns
     -------
@@ -108,7 +114,19 @@ def fit(
             dup = index[index.duplicated()].unique()[:5].tolist()
             raise ValueError(f"duplicated {name} names, e.g. {dup}; make them unique first")
     Y = get_matrix(adata, layer)
-    spec = lmm.build_spec(adata.obs, formula)
+    res = lmm.fit(
+        Y,
+        adata.obs,
+        formula,
+        reml=reml,
+        n_jobs=n_jobs,
+        chunk_size=chunk_size,
+        feature_names=adata.var_names,
+        progress=progress,
+        nonfinite=nonfinite,
+        drop_aliased=drop_aliased,
+    )
+    spec = res.spec
     nested = nested_terms(adata.obs, spec)
     for term, factors in nested.items():
         for factor in factors:
@@ -120,16 +138,6 @@ def fit(
                     UserWarning,
                     stacklevel=2,
                 )
-    res = lmm.fit(
-        Y,
-        adata.obs,
-        formula,
-        reml=reml,
-        n_jobs=n_jobs,
-        chunk_size=chunk_size,
-        feature_names=adata.var_names,
-        progress=progress,
-    )
     store(adata, res, key_added=key_added, layer=layer)
     adata.uns[key_added]["nested_in"] = nested
     return adata if copy else None
@@ -178,6 +186,14 @@ def store(adata: AnnData, res: lmm.LMMResult, *, key_added: str, layer: str | No
             UserWarning,
             stacklevel=3,
         )
+
+
+def fitted_design(adata: AnnData, key: str) -> lmm.ModelSpec:
+    """The model specification of a stored fit, rebuilt from ``obs`` (same fixed columns)."""
+    info = fit_info(adata, key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # already reported when the fit ran
+        return lmm.build_spec(adata.obs, info["formula"], drop_aliased=True)
 
 
 def fit_info(adata: AnnData, key: str) -> dict:

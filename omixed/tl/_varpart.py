@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .. import lmm
 from .._utils import get_matrix
-from ._fit import fit_info, fixed_term
+from ._fit import fit_info, fitted_design, fixed_term
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -49,7 +48,7 @@ def variance_partition(
     True
     """
     info = fit_info(adata, key)
-    spec = lmm.build_spec(adata.obs, info["formula"])
+    spec = fitted_design(adata, key)
     variance = adata.varm[f"{key}_variance"]
     beta = np.nan_to_num(adata.varm[f"{key}_beta"].to_numpy())
     observed = np.isfinite(get_matrix(adata, info["layer"] or None))
