@@ -239,3 +239,17 @@ def test_console_script_exit_status(tmp_path: Path) -> None:
     assert f"fit: no such file: {tmp_path / 'nope.h5ad'}" in proc.stderr
     assert proc.stdout == ""
     assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_or_truncated_h5ad_is_a_clear_error(
+    damage: str, tmp_path: Path, small_h5ad: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = tmp_path / "bad.h5ad"
+    data = small_h5ad.read_bytes()
+    bad.write_bytes(b"not an hdf5 file" if damage == "garbage" else data[: len(data) // 2])
+    before = files_in(tmp_path)
+    out = tmp_path / "fitted.h5ad"
+    assert main(["fit", str(bad), "--formula", "~ condition + (1|batch)", "-o", str(out)]) == 1
+    assert f"{bad} is not a readable h5ad file" in caplog.text
+    assert files_in(tmp_path) == before
