@@ -75,7 +75,7 @@ def test_results_survive_h5ad_round_trip(fitted, tmp_path):
 
 def test_correct_subtracts_blups_and_keeps_missing(fitted):
     adata = fitted.copy()
-    omixed.tl.correct(adata, remove=["batch"])
+    omixed.tl.correct(adata, remove=["batch"], method="blup")
     blup = adata.varm["lmm_blup_batch"]
     expected = adata.X - blup.loc[:, adata.obs["batch"].astype(str)].to_numpy().T
     np.testing.assert_allclose(adata.layers["corrected"], expected)
@@ -219,3 +219,17 @@ def test_full_removal_without_other_random_terms_equals_limma():
     limma = adata.X - sum_coded @ coef[2:]
     np.testing.assert_allclose(adata.layers["corrected"], limma, rtol=1e-9, atol=1e-9)
     assert _partial_r2(adata.layers["corrected"], obs, "batch", "condition") < 1e-20
+
+
+def test_failed_features_are_summarised_in_a_warning_and_uns():
+    adata = _adata(n_features=6)
+    adata.X[:, 2] = np.nan
+    adata.X[:, 4] = 5.0
+    with pytest.warns(UserWarning, match=r"2 of 6 features were not fit: .*all values missing"):
+        omixed.tl.fit(adata, FORMULA, progress=False)
+    info = adata.uns["lmm"]
+    assert info["failures"] == {"all values missing": 1, "constant values": 1}
+    assert info["n_failed"] == 2 and info["n_converged"] == 4
+    assert adata.var["lmm_reason"].iloc[2] == "all values missing"
+    omixed.tl.correct(adata)
+    np.testing.assert_array_equal(adata.layers["corrected"][:, 4], adata.X[:, 4])  # left as is
