@@ -3,11 +3,23 @@
 The pieces follow MixedModels.jl: :mod:`._spec` turns a formula into the fixed-effects matrix and
 random-effects terms, :mod:`._objective` evaluates the profiled REML/ML criterion of θ for a stack
 of features, :mod:`._optimize` minimizes it for all features together, and :func:`fit` ties them
-together over feature chunks.
+together over feature chunks.  :mod:`._inference` adds Satterthwaite tests and limma's
+variance moderation on top of a fit.
 """
 
 from ._fit import fit
 from ._grouped import fit_grouped
+from ._inference import (
+    SqueezedVar,
+    contrast_moments,
+    contrast_moments_grouped,
+    contrast_vector,
+    satterthwaite,
+    satterthwaite_grouped,
+    squeeze_var,
+    t_table,
+    trigamma_inverse,
+)
 from ._result import LMMResult
 from ._spec import ModelSpec, RandomTerm, build_spec, parse_formula
 
@@ -15,8 +27,17 @@ __all__ = [
     "LMMResult",
     "ModelSpec",
     "RandomTerm",
+    "SqueezedVar",
     "build_spec",
+    "contrast_moments",
+    "contrast_moments_grouped",
+    "contrast_vector",
     "fit",
     "fit_grouped",
     "parse_formula",
+    "satterthwaite",
+    "satterthwaite_grouped",
+    "squeeze_var",
+    "t_table",
+    "trigamma_inverse",
 ]

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -78,6 +79,7 @@ import pandas as pd
 from scipy import special, stats
 
 from ._fit import _check_response, _cross_products, _Design, _design
+from ._grouped import _buckets
 from ._spec import aliased_mask, build_spec
 
 if TYPE_CHECKING:
@@ -504,8 +506,12 @@ def _moment_arrays(
     satterthwaite: bool,
     chunk_size: int | None,
 ) -> tuple[dict[str, np.ndarray], pd.Index]:
-    spec = build_spec(data, formula)
-    Y = _check_response(Y, spec.n_rows)
+    with warnings.catch_warnings():
+        # The fit already reported aliased columns, numeric grouping factors and ±inf values;
+        # it succeeded, so it dropped those columns and treated ±inf as missing.
+        warnings.simplefilter("ignore", UserWarning)
+        spec = build_spec(data, formula, drop_aliased=True)
+        Y = _check_response(Y, spec.n_rows, "missing")
     weights, _ = contrast_vector(L, spec.fixed_names)
     design = _design(spec)
     theta = _theta_frame(theta, spec.term_names, Y.shape[1])
@@ -597,10 +603,9 @@ def _grouped_blocks(
     local: str,
     value: str,
 ) -> Iterator[tuple[pd.Index, np.ndarray, pd.DataFrame]]:
-    """Features with the same number of local levels as one (Y, data) problem, as fit_grouped.
+    """Features bucketed by their number of local levels, one (Y, data) problem per bucket.
 
-    Padding to a common number of levels is exact (see :mod:`._grouped`), so grouping by the
-    exact number of levels gives the same numbers as the fit's buckets.
+    The same buckets and padding as :func:`~omixed.lmm.fit_grouped` (padding is exact).
     """
     missing = [c for c in (feature, unit, local, value) if c not in values.columns]
     if missing:
@@ -617,8 +622,11 @@ def _grouped_blocks(
     n_local = positions.groupby(feature, sort=False)["position"].max() + 1
     units = design.index
     unit_pos = pd.Series(np.arange(len(units)), index=units)
-    for size, group in n_local.groupby(n_local):
-        members = pd.Index(group.index)
+    distinct, counts = np.unique(n_local.to_numpy(), return_counts=True)
+    lower = 0
+    for size in _buckets(distinct, counts):
+        members = n_local.index[(n_local > lower) & (n_local <= size)]
+        lower = size
         sub = long[long[feature].isin(members)]
         col = members.get_indexer(sub[feature])
         row = unit_pos.loc[sub[unit].astype(str)].to_numpy() * size + sub["position"].to_numpy()

@@ -1,0 +1,199 @@
+"""``tl.test``: per-feature t-tests of a fixed-effect contrast (lmerTest df, optional eBayes)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .._utils import get_matrix
+from ..lmm._inference import (
+    contrast_moments,
+    contrast_moments_grouped,
+    contrast_vector,
+    t_table,
+)
+from ._fit import fit_info
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+_METHODS = ("satterthwaite", "residual")
+
+
+def test(
+    adata: AnnData,
+    *,
+    contrast,
+    key: str = "lmm",
+    method: str = "satterthwaite",
+    moderate: bool = False,
+    key_added: str | None = None,
+    layer: str | None = None,
+    peptides: AnnData | None = None,
+) -> pd.DataFrame:
+    """Test a fixed-effect contrast in every feature of a mixed-model fit.
+
+    Per feature, the contrast ``l'β`` of the REML fit stored under ``key`` is estimated with its
+    standard error ``√(l'Cov(β̂)l)`` and tested against 0 with a t statistic.  The denominator
+    degrees of freedom are
+
+    ``"satterthwaite"``
+        Satterthwaite's approximation, exactly as lmerTest computes it (Kuznetsova et al. 2017):
+        ``2 (l'Cl)² / (g'Ag)`` with ``g`` the gradient of ``l'Cov(β̂)l`` in the variance
+        parameters (θ, σ) and ``A`` their asymptotic covariance, twice the inverse Hessian of
+        the REML deviance; see :func:`omixed.lmm.satterthwaite`.
+    ``"residual"``
+        ``n − p`` (observations minus estimable fixed effects), the naive choice; anticonservative
+        for contrasts between groups of a random factor (e.g. condition across donors).
+
+    With ``moderate=True`` the residual variances ``σ̂²`` are moderated across features by
+    limma's ``squeezeVar`` (Smyth 2004), as msqrob2 does for mixed models: each ``σ̂²_i`` comes
+    with msqrob2's effective residual df ``d_i = RSS_i/σ̂²_i`` (conditional residuals), a
+    scaled-F prior ``(d₀, s₀²)`` is fitted by moments of ``log σ̂²`` and the posterior is
+    ``σ̃²_i = (d_i σ̂²_i + d₀ s₀²)/(d_i + d₀)``.  What is moderated: σ² only; the whole
+    ``Cov(β̂) = σ² C(θ̂)`` is rescaled by ``σ̃²_i/σ̂²_i`` with the relative variances θ̂ kept, so
+    ``SE`` becomes ``SE·σ̃_i/σ̂_i``.  How the df combine: ``"residual"`` gives limma's and
+    msqrob2's ``df + d₀``; ``"satterthwaite"`` counts the prior as ``d₀`` extra observations of
+    σ in the Satterthwaite computation (``4d₀/σ̂²`` added to the σ entry of the deviance
+    Hessian), which equals ``n − p + d₀`` without random effects and stays near the lmerTest df
+    when the contrast's variance comes from a random term (plain ``df_satterthwaite + d₀`` is
+    anticonservative there).  Both are capped at the pooled ``Σ d_i``, as in limma.
+
+    Parameters
+    ----------
+    adata
+        AnnData fitted by :func:`omixed.tl.fit` (REML), or the protein-level AnnData returned by
+        :func:`omixed.tl.summarize_proteins` (then pass ``peptides``).
+    contrast
+        A coefficient name (``"condition[T.treated]"``), a ``{name: weight}`` dict, a vector with
+        one weight per fixed effect, or an expression such as
+        ``"condition[T.b] - condition[T.c]"``; R-style names (``"conditiontreated"``) work where
+        unambiguous.  Coefficients are listed in ``adata.uns[key]["fixed_effects"]``.
+    key
+        The ``key_added`` of the fit.
+    method
+        ``"satterthwaite"`` (default) or ``"residual"`` denominator df.
+    moderate
+        Moderate the residual variances across features (see above).
+    key_added
+        Where to store the results (default ``f"{key}_test_<contrast>"``).
+    layer
+        The matrix the model was fit to; default: the one recorded by the fit.  For a protein
+        fit, the layer of ``peptides`` (default: the one ``summarize_proteins`` used).
+    peptides
+        For a protein-level fit: the samples × peptides AnnData passed to
+        :func:`~omixed.tl.summarize_proteins` (the tests need the peptide values).
+
+    Returns
+    -------
+    Table with one row per feature, sorted by p-value like limma's ``topTable`` (untestable
+    features last, NaN): ``estimate``, ``se``, ``t``, ``df``, ``pvalue`` (two-sided) and ``padj``
+    (Benjamini–Hochberg over the testable features).  The same columns, in feature order, are
+    stored in ``adata.varm[key_added]``; the contrast, method and prior in
+    ``adata.uns[key_added]``.  Features that were not fit, or whose contrast involves a
+    coefficient not estimable from their observed samples, are NaN.
+
+    Examples
+    --------
+    >>> import omixed
+    >>> adata = omixed.datasets.example()
+    >>> omixed.tl.fit(adata, "~ condition + (1|batch) + (1|donor)", progress=False)
+    >>> top = omixed.tl.test(adata, contrast="condition[T.treated]")
+    >>> list(top.columns)
+    ['estimate', 'se', 't', 'df', 'pvalue', 'padj']
+    >>> "lmm_test_condition_T_treated" in adata.varm
+    True
+    """
+    info = fit_info(adata, key)
+    if not info["reml"]:
+        raise ValueError(f"the fit under {key!r} is ML; Satterthwaite df need a REML fit")
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    weights, label = contrast_vector(contrast, info["fixed_effects"])
+    theta = adata.varm[f"{key}_theta"].copy()
+    theta.loc[~adata.var[f"{key}_converged"].to_numpy(dtype=bool)] = np.nan
+    satterthwaite = method == "satterthwaite"
+    options = {"satterthwaite": satterthwaite, "moderate": moderate}
+
+    if "protein_key" in info:
+        if peptides is None:
+            raise ValueError(
+                f"uns[{key!r}] is a protein-level fit (summarize_proteins): pass the peptide "
+                "AnnData it was made from as peptides="
+            )
+        long = _peptide_table(peptides, info["protein_key"], layer or info["source_layer"] or None)
+        obs = peptides.obs.copy()
+        obs.index = obs.index.astype(str)
+        moments = contrast_moments_grouped(long, obs, info["formula"], theta, weights, **options)
+    else:
+        if peptides is not None:
+            raise ValueError(f"uns[{key!r}] is not a protein-level fit; peptides= is not used")
+        Y = get_matrix(adata, layer if layer is not None else (info["layer"] or None))
+        moments = contrast_moments(Y, adata.obs, info["formula"], theta, weights, **options)
+
+    df = moments["df_satterthwaite" if satterthwaite else "df_residual"]
+    var = moments["var"]
+    params = {
+        "contrast": label,
+        "weights": dict(zip(info["fixed_effects"], map(float, weights), strict=True)),
+        "fit_key": key,
+        "method": method,
+        "moderate": bool(moderate),
+    }
+    if moderate:
+        df, var = moments[f"{df.name}_post"], moments["var_post"]
+        params.update(moments.attrs)
+
+    table = t_table(moments["estimate"], var, df).set_axis(adata.var_names)
+    table["padj"] = _bh(table["pvalue"].to_numpy())
+    key_added = key_added or f"{key}_test_{_slug(weights, info['fixed_effects'])}"
+    adata.varm[key_added] = table
+    params["n_tested"] = int(table["pvalue"].notna().sum())
+    adata.uns[key_added] = params
+    return table.sort_values(["pvalue", "t"], na_position="last", key=_rank_key)
+
+
+def _peptide_table(peptides: AnnData, protein_key: str, layer: str | None) -> pd.DataFrame:
+    """Observed peptide values in long form, as :func:`~omixed.tl.summarize_proteins` builds it."""
+    if protein_key not in peptides.var.columns:
+        raise KeyError(f"peptides.var has no column {protein_key!r} (the fit's protein_key)")
+    Y = get_matrix(peptides, layer)
+    rows, cols = np.nonzero(np.isfinite(Y))
+    return pd.DataFrame(
+        {
+            "feature": peptides.var[protein_key].astype(str).to_numpy()[cols],
+            "peptide": peptides.var_names.to_numpy()[cols],
+            "sample": peptides.obs_names.astype(str).to_numpy()[rows],
+            "y": Y[rows, cols],
+        }
+    )
+
+
+def _bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values over the finite entries (NaN stays NaN)."""
+    out = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = stats.false_discovery_control(p[ok], method="bh")
+    return out
+
+
+def _rank_key(column: pd.Series) -> pd.Series:
+    # Ties in p (e.g. underflow to 0) are broken by |t|, largest first.
+    return -column.abs() if column.name == "t" else column
+
+
+def _slug(weights: np.ndarray, names: list[str]) -> str:
+    """A key-safe name of the contrast: ``condition_T_b_minus_condition_T_c``."""
+    parts = []
+    for w, name in zip(weights, names, strict=True):
+        if w == 0:
+            continue
+        prefix = ("minus_" if w < 0 else "plus_") if parts or w < 0 else ""
+        factor = "" if abs(w) == 1 else f"{abs(w):g}_".replace(".", "p")
+        parts.append(prefix + factor + re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_"))
+    return "_".join(parts)
