@@ -32,7 +32,7 @@ from omixed.lmm._inference import (
     t_table,
     trigamma_inverse,
 )
-from omixed.tl._test import test as tl_test
+from omixed.tl._contrast import test as tl_test
 
 LMERTEST = Path(__file__).parent / "data" / "lmertest"
 CLASSIC = ["dyestuff", "penicillin", "pastes"]  # sleepstudy needs random slopes

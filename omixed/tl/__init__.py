@@ -4,7 +4,7 @@ from ._correct import correct
 from ._fit import fit
 from ._meta import meta
 from ._proteins import summarize_proteins
-from ._test import test
+from ._contrast import test
 from ._varpart import variance_partition
 
 __all__ = ["correct", "fit", "meta", "summarize_proteins", "test", "variance_partition"]
