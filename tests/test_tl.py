@@ -233,3 +233,17 @@ def test_failed_features_are_summarised_in_a_warning_and_uns():
     assert adata.var["lmm_reason"].iloc[2] == "all values missing"
     omixed.tl.correct(adata)
     np.testing.assert_array_equal(adata.layers["corrected"][:, 4], adata.X[:, 4])  # left as is
+
+
+def test_correct_removes_random_slopes_times_covariate(classic_data):
+    data = classic_data("sleepstudy.csv")
+    obs = data[["Days", "Subject"]].assign(Subject=lambda d: d["Subject"].astype(str))
+    Y = np.column_stack([data["Reaction"], data["Reaction"] * 0.5 + np.arange(len(data)) % 3])
+    adata = ad.AnnData(Y, obs=obs.set_axis([f"s{i}" for i in range(len(obs))]))
+    omixed.tl.fit(adata, "~ Days + (1|Subject) + (0 + Days|Subject)", progress=False)
+    assert adata.uns["lmm"]["terms"]["Subject.Days"]["covariate"] == "Days"
+    omixed.tl.correct(adata, remove=["Subject.Days"])
+    slope = adata.varm["lmm_blup_Subject.Days"].loc[:, obs["Subject"]].to_numpy().T
+    np.testing.assert_allclose(
+        adata.layers["corrected"], Y - slope * obs["Days"].to_numpy()[:, None]
+    )

@@ -24,21 +24,23 @@ _RANDOM_RE = re.compile(r"^\s*(?P<expr>[^|]*?)\s*(?P<bars>\|\|?)\s*(?P<group>.+?
 
 @dataclass(frozen=True)
 class RandomTerm:
-    """One random-effects term ``(expr | group)``.
+    """One scalar random-effects term: a random intercept ``(1|g)`` or slope ``(0 + x|g)``.
 
     Attributes
     ----------
     name
-        The grouping factor as written in the formula, e.g. ``"batch"`` or ``"batch:cask"``;
-        used as the term's column name in variance tables.
+        ``"batch"`` or ``"batch:cask"`` for an intercept, ``"Subject.Days"`` for a slope; the
+        term's column name in variance tables.
     group
         The data columns whose interaction defines the grouping factor.
     expr
-        The left-hand side of the bar (``"1"`` for a random intercept).
+        The covariate of a random slope, ``"1"`` for a random intercept.
     codes
         Integer level of every data row (``0 .. n_levels - 1``).
     levels
         Level labels; for interactions the labels are joined with ``":"`` as in lme4.
+    values
+        The slope's covariate per row (``None`` for an intercept).
     """
 
     name: str
@@ -46,6 +48,7 @@ class RandomTerm:
     expr: str
     codes: np.ndarray
     levels: tuple[str, ...]
+    values: np.ndarray | None = None
 
     @property
     def n_levels(self) -> int:
@@ -53,12 +56,16 @@ class RandomTerm:
 
     @property
     def is_intercept(self) -> bool:
-        return self.expr.replace(" ", "") in {"1", ""}
+        return self.values is None
+
+    def row_values(self) -> np.ndarray:
+        """What one unit of a level's effect adds to each row (1, or the slope's covariate)."""
+        return np.ones(self.codes.size) if self.values is None else self.values
 
     def indicator(self) -> np.ndarray:
-        """The term's model matrix Z_g (rows × levels), 0/1 for a random intercept."""
+        """The term's model matrix Z_g (rows × levels): 0/1, or the covariate for a slope."""
         z = np.zeros((self.codes.size, self.n_levels))
-        z[np.arange(self.codes.size), self.codes] = 1.0
+        z[np.arange(self.codes.size), self.codes] = self.row_values()
         return z
 
 
@@ -154,6 +161,30 @@ def _grouping_factor(data: pd.DataFrame, group: str) -> tuple[tuple[str, ...], n
     return cols, codes, tuple(order)
 
 
+def _random_covariates(expr: str) -> tuple[bool, list[str]]:
+    """Whether the left of the bar has an intercept, and its slope covariates (lme4 rules)."""
+    parts = [p.strip() for p in expr.replace("-", "+-").split("+") if p.strip()]
+    intercept = not any(p in {"0", "-1"} for p in parts)
+    slopes = [p for p in parts if p not in {"0", "1", "-1"}]
+    for p in slopes:
+        if not re.fullmatch(r"[A-Za-z_.][A-Za-z0-9_.]*", p):
+            raise ValueError(f"random slope {p!r}: only plain numeric columns are supported")
+    if not intercept and not slopes:
+        raise ValueError(f"random-effects term ({expr}|…) has neither an intercept nor a slope")
+    return intercept, slopes
+
+
+def _covariate(data: pd.DataFrame, x: str, group: str) -> np.ndarray:
+    if x not in data.columns:
+        raise ValueError(
+            f"random slope {x!r} (in '({x}|{group})') is not a column of the data; "
+            f"available columns: {', '.join(map(str, data.columns))}"
+        )
+    if not pd.api.types.is_numeric_dtype(data[x]) or data[x].isna().any():
+        raise ValueError(f"random slope {x!r} must be a numeric column without missing values")
+    return data[x].to_numpy(dtype=np.float64)
+
+
 def build_spec(data: pd.DataFrame, formula: str, *, drop_aliased: bool = False) -> ModelSpec:
     """Evaluate ``formula`` on ``data``: the fixed-effects matrix and the random-effects terms.
 
@@ -161,7 +192,7 @@ def build_spec(data: pd.DataFrame, formula: str, *, drop_aliased: bool = False) 
     ------
     ValueError
         If a column is missing, the fixed design has missing values or is rank deficient
-        (the aliased columns are named), or a term is not a random intercept.
+        (the aliased columns are named), or a term is a correlated random slope.
     """
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"data must be a pandas.DataFrame, got {type(data).__name__}")
@@ -170,10 +201,11 @@ def build_spec(data: pd.DataFrame, formula: str, *, drop_aliased: bool = False) 
 
     terms = []
     for expr, bars, group in random:
-        if expr.replace(" ", "") not in {"1"} or bars != "|":
+        intercept, slopes = _random_covariates(expr)
+        if bars == "|" and intercept and slopes:
             raise ValueError(
-                f"random-effects term ({expr}{bars}{group}): only random intercepts (1|g) are "
-                "supported so far; random slopes are planned"
+                f"correlated random slopes ({expr}|{group}) are not supported yet; fit "
+                f"uncorrelated ones with ({expr}||{group}) or (1|{group}) + (0 + x|{group})"
             )
         cols, codes, levels = _grouping_factor(data, group)
         for col in cols:
@@ -185,9 +217,15 @@ def build_spec(data: pd.DataFrame, formula: str, *, drop_aliased: bool = False) 
                     UserWarning,
                     stacklevel=3,
                 )
-        if any(t.name == group for t in terms):
-            raise ValueError(f"grouping factor {group!r} appears twice in the formula")
-        terms.append(RandomTerm(group, cols, "1", codes, levels))
+        new = [RandomTerm(group, cols, "1", codes, levels)] if intercept else []
+        new += [
+            RandomTerm(f"{group}.{x}", cols, x, codes, levels, _covariate(data, x, group))
+            for x in slopes
+        ]
+        for term in new:
+            if any(t.name == term.name for t in terms):
+                raise ValueError(f"random term {term.name!r} appears twice in the formula")
+            terms.append(term)
 
     try:
         mm = model_matrix(fixed_formula, data, na_action="raise")

@@ -46,7 +46,8 @@ class Spectral:
         s = sv**2
         keep = s > 1e-12 * max(s.max(initial=0.0), 1.0)
         logdet = 2.0 * float(np.log(np.abs(np.diag(R[:p]))).sum())
-        return cls(Q[:, p:] @ U[:, keep], Q[:, :p], s[keep], Z.sum(axis=0), logdet, n, p)
+        counts = (Z * Z).sum(axis=0)  # diagonal of Z'Z: level sizes, or Σx² for a slope
+        return cls(Q[:, p:] @ U[:, keep], Q[:, :p], s[keep], counts, logdet, n, p)
 
 
 def _objective(lam, w2, rest, sp: Spectral, reml: bool, derivatives: bool = True):
