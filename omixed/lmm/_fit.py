@@ -40,7 +40,7 @@ def _design(spec: ModelSpec) -> _Design:
     M = np.hstack([*Z, spec.X]) if Z else spec.X.copy()
     sizes = tuple(spec.terms[i].n_levels for i in order)
     # Group the eliminated term's levels by count when there are fewer counts than levels.
-    # (Counts are the diagonal of Z'Z only for 0/1 intercept columns; slopes keep one class per level.)
+    # Counts are the diagonal of Z'Z only for 0/1 intercept columns: slopes keep a class per level.
     first = spec.terms[order[0]] if Z else None
     largest = int(Z[0].sum(axis=0).max()) if first is not None and first.is_intercept else 0
     layout = Layout(sizes, spec.X.shape[1], largest if 0 < largest < sizes[0] else 0)

@@ -1,10 +1,10 @@
 """Tools: per-feature mixed models, batch removal, variance partition, proteins, meta-analysis."""
 
+from ._contrast import test
 from ._correct import correct
 from ._fit import fit
 from ._meta import meta
 from ._proteins import summarize_proteins
-from ._contrast import test
 from ._varpart import variance_partition
 
 __all__ = ["correct", "fit", "meta", "summarize_proteins", "test", "variance_partition"]

@@ -168,7 +168,8 @@ def store(adata: AnnData, res: lmm.LMMResult, *, key_added: str, layer: str | No
         "reml": bool(res.reml),
         "layer": "" if layer is None else layer,
         "terms": {
-            t.name: {"levels": list(t.levels), "group": list(t.group)} for t in res.spec.terms
+            t.name: {"levels": list(t.levels), "group": list(t.group), "covariate": t.expr}
+            for t in res.spec.terms
         },
         "fixed_effects": list(res.spec.fixed_names),
         "fixed_terms": sorted({fixed_term(c) for c in res.spec.fixed_names}),
