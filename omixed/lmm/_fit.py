@@ -203,13 +203,36 @@ def _cross_products(M: np.ndarray, Y: np.ndarray, W: np.ndarray) -> np.ndarray:
     return A
 
 
-def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarray]:
-    layout = design.layout
-    m = Y.shape[1]
-    q, p = layout.q, layout.p
-    # Features × rows, contiguous: every per-feature reduction runs along the last axis, so its
-    # summation order (and the result, bitwise) does not depend on how many features share a chunk.
-    Yt = np.ascontiguousarray(Y.T)
+@dataclass(frozen=True)
+class Prepared:
+    """A chunk's standardized responses and cross-products, with non-estimable columns dropped.
+
+    ``Ys = (y − center) / scale`` per feature (center 0 without an intercept); ``A`` is built from
+    ``Ys``; ``dropped`` fixed-effect columns are decoupled in ``A`` (zero row/column, unit
+    diagonal), which is exactly fitting without them; ``fits_exactly`` marks responses in the
+    span of the fixed effects.
+    """
+
+    W: np.ndarray
+    n_obs: np.ndarray
+    spread: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    Ys: np.ndarray
+    A: np.ndarray
+    dropped: np.ndarray
+    fits_exactly: np.ndarray
+    p_eff: np.ndarray
+
+
+def prepare(Yt: np.ndarray, design: _Design) -> Prepared:
+    """Standardize features × rows ``Yt`` and build their cross-products (see :class:`Prepared`).
+
+    Every per-feature reduction runs along the contiguous last axis, so its summation order
+    (and the result, bitwise) does not depend on how many features share a chunk.
+    """
+    q, p = design.layout.q, design.layout.p
+    m = Yt.shape[0]
     W = np.isfinite(Yt).astype(np.float64)
     n_obs = W.sum(axis=1)
     Y0 = np.where(W > 0, Yt, 0.0)
@@ -220,20 +243,29 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
     scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
     Ys = np.where(W > 0, (Yt - center[:, None]) / scale[:, None], 0.0)
     A = _cross_products(design.M, Ys, W)
-
-    reason = np.full(m, "", dtype=object)
-    notes = [[] for _ in range(m)]
-    # Fixed effects not estimable from this feature's rows are dropped (as lme4 does).
+    # Fixed effects not estimable from a feature's rows are dropped (as lme4 does).
     aliased = aliased_mask(A[:, q:, q:])
     dropped = aliased[:, :p]
-    fits_exactly = aliased[:, p]
-    x_idx = np.arange(q, q + p)
-    for f, c in zip(*np.nonzero(dropped), strict=True):
-        A[f, x_idx[c], :] = 0.0
-        A[f, :, x_idx[c]] = 0.0
-        A[f, x_idx[c], x_idx[c]] = 1.0
-        notes[f].append(f"{design.fixed_names[c]} not estimable from the observed rows (dropped)")
+    f, c = np.nonzero(dropped)
+    A[f, q + c, :] = 0.0
+    A[f, :, q + c] = 0.0
+    A[f, q + c, q + c] = 1.0
     p_eff = p - dropped.sum(axis=1)
+    return Prepared(W, n_obs, spread, center, scale, Ys, A, dropped, aliased[:, p], p_eff)
+
+
+def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarray]:
+    layout = design.layout
+    m = Y.shape[1]
+    q, p = layout.q, layout.p
+    prep = prepare(np.ascontiguousarray(Y.T), design)
+    A, n_obs, spread, scale, Ys = prep.A, prep.n_obs, prep.spread, prep.scale, prep.Ys
+    dropped, fits_exactly, p_eff = prep.dropped, prep.fits_exactly, prep.p_eff
+    center = prep.center
+    reason = np.full(m, "", dtype=object)
+    notes = [[] for _ in range(m)]
+    for f, c in zip(*np.nonzero(dropped), strict=True):
+        notes[f].append(f"{design.fixed_names[c]} not estimable from the observed rows (dropped)")
 
     # A term seen at fewer than two levels in this feature has no estimable variance.
     term_of = layout.term_of()

@@ -12,6 +12,8 @@ call costs less than separate calls (see :func:`_buckets`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 
@@ -93,9 +95,33 @@ def fit_grouped(
         dup = values[values.duplicated([feature, unit, local], keep=False)].head(3)
         raise ValueError(f"duplicated ({feature}, {unit}, {local}) rows, e.g.\n{dup}")
 
+    features = pd.Index(pd.unique(values[feature]))
+    blocks, positions = bucket_problems(
+        values, design, feature=feature, unit=unit, local=local, value=value
+    )
+    results = [
+        fit(Y, data, formula, reml=reml, n_jobs=n_jobs, feature_names=members, progress=progress)
+        for members, Y, data in blocks
+    ]
+    return LMMResult.concat(results, order=features), positions.set_index([feature, local])
+
+
+def bucket_problems(
+    values: pd.DataFrame,
+    design: pd.DataFrame,
+    *,
+    feature: str,
+    unit: str,
+    local: str,
+    value: str,
+) -> tuple[Iterator[tuple[pd.Index, np.ndarray, pd.DataFrame]], pd.DataFrame]:
+    """Bucket features by their number of local levels: one (members, Y, data) problem each.
+
+    Returns a generator of the problems (rows = units × local positions ``0 .. P-1``, missing
+    rows NaN, so padding is exact) and the table of every feature's local positions.
+    """
     design = design.copy()
     design.index = design.index.astype(str)
-    features = pd.Index(pd.unique(values[feature]))
     positions = (
         values[[feature, local]]
         .drop_duplicates()
@@ -105,23 +131,21 @@ def fit_grouped(
     n_local = positions.groupby(feature, sort=False)["position"].max() + 1
     units = design.index
     unit_pos = pd.Series(np.arange(len(units)), index=units)
-
     distinct, counts = np.unique(n_local.to_numpy(), return_counts=True)
-    results, lower = [], 0
-    for size in _buckets(distinct, counts):
-        members = n_local.index[(n_local > lower) & (n_local <= size)]
-        lower = size
-        sub = long[long[feature].isin(members)]
-        col = pd.Index(members).get_indexer(sub[feature])
-        row = unit_pos.loc[sub[unit].astype(str)].to_numpy() * size + sub["position"].to_numpy()
-        Y = np.full((len(units) * size, len(members)), np.nan)
-        Y[row, col] = sub[value].to_numpy(dtype=np.float64)
-        data = design.loc[np.repeat(units, size)].reset_index(drop=True)
-        data[unit] = np.repeat(units, size)
-        data[local] = pd.Categorical(np.tile(np.arange(size).astype(str), len(units)))
-        results.append(
-            fit(
-                Y, data, formula, reml=reml, n_jobs=n_jobs, feature_names=members, progress=progress
-            )
-        )
-    return LMMResult.concat(results, order=features), positions.set_index([feature, local])
+
+    def problems():
+        lower = 0
+        for size in _buckets(distinct, counts):
+            members = n_local.index[(n_local > lower) & (n_local <= size)]
+            lower = size
+            sub = long[long[feature].isin(members)]
+            col = members.get_indexer(sub[feature])
+            row = unit_pos.loc[sub[unit].astype(str)].to_numpy() * size + sub["position"].to_numpy()
+            Y = np.full((len(units) * size, len(members)), np.nan)
+            Y[row, col] = sub[value].to_numpy(dtype=np.float64)
+            data = design.loc[np.repeat(units, size)].reset_index(drop=True)
+            data[unit] = np.repeat(units, size)
+            data[local] = pd.Categorical(np.tile(np.arange(size).astype(str), len(units)))
+            yield members, Y, data
+
+    return problems(), positions

@@ -71,16 +71,15 @@ from __future__ import annotations
 import ast
 import re
 import warnings
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from ._fit import _check_response, _cross_products, _Design, _design
-from ._grouped import _buckets
-from ._spec import aliased_mask, build_spec
+from ._fit import _check_response, _Design, _design, prepare
+from ._grouped import bucket_problems
+from ._spec import build_spec
 
 if TYPE_CHECKING:
     from ._objective import Layout
@@ -363,25 +362,10 @@ def _moments_chunk(
     q, p, k = layout.q, layout.p, layout.n_theta
     qr = q - (layout.sizes[0] if k else 0)
 
-    # Standardize each feature as the fit does (same numerics; the results are equivariant).
-    W = np.isfinite(Yt).astype(np.float64)
-    n_obs = W.sum(axis=1)
-    Y0 = np.where(W > 0, Yt, 0.0)
-    safe_n = np.maximum(n_obs, 1.0)
-    mean = Y0.sum(axis=1) / safe_n
-    spread = np.sqrt((W * (Y0 - mean[:, None]) ** 2).sum(axis=1) / safe_n)
-    center = mean if design.intercept is not None else np.zeros(m)
-    scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
-    Ys = np.where(W > 0, (Yt - center[:, None]) / scale[:, None], 0.0)
-    A = _cross_products(design.M, Ys, W)
-
-    # Coefficients not estimable from a feature's rows are decoupled, as in the fit.
-    dropped = aliased_mask(A[:, q:, q:])[:, :p]
-    f, c = np.nonzero(dropped)
-    A[f, q + c, :] = 0.0
-    A[f, :, q + c] = 0.0
-    A[f, q + c, q + c] = 1.0
-    nu = n_obs - (p - dropped.sum(axis=1))
+    # Standardize and drop non-estimable coefficients exactly as the fit does.
+    prep = prepare(Yt, design)
+    A, n_obs, scale, center, dropped = prep.A, prep.n_obs, prep.scale, prep.center, prep.dropped
+    nu = n_obs - prep.p_eff
     counts = np.diagonal(A[:, :q, :q], axis1=1, axis2=2)
     term_of = layout.term_of()
     free = np.zeros((m, k), dtype=bool)
@@ -593,51 +577,6 @@ def contrast_moments(
     return _moments_table(arrays, index, satterthwaite=satterthwaite, moderate=moderate)
 
 
-def _grouped_blocks(
-    values: pd.DataFrame,
-    design: pd.DataFrame,
-    features: pd.Index,
-    *,
-    feature: str,
-    unit: str,
-    local: str,
-    value: str,
-) -> Iterator[tuple[pd.Index, np.ndarray, pd.DataFrame]]:
-    """Features bucketed by their number of local levels, one (Y, data) problem per bucket.
-
-    The same buckets and padding as :func:`~omixed.lmm.fit_grouped` (padding is exact).
-    """
-    missing = [c for c in (feature, unit, local, value) if c not in values.columns]
-    if missing:
-        raise ValueError(f"columns {missing} not in the long table ({list(values.columns)})")
-    values = values[values[feature].isin(features)]
-    design = design.copy()
-    design.index = design.index.astype(str)
-    positions = (
-        values[[feature, local]]
-        .drop_duplicates()
-        .assign(position=lambda d: d.groupby(feature, sort=False).cumcount())
-    )
-    long = values.merge(positions, on=[feature, local])
-    n_local = positions.groupby(feature, sort=False)["position"].max() + 1
-    units = design.index
-    unit_pos = pd.Series(np.arange(len(units)), index=units)
-    distinct, counts = np.unique(n_local.to_numpy(), return_counts=True)
-    lower = 0
-    for size in _buckets(distinct, counts):
-        members = n_local.index[(n_local > lower) & (n_local <= size)]
-        lower = size
-        sub = long[long[feature].isin(members)]
-        col = members.get_indexer(sub[feature])
-        row = unit_pos.loc[sub[unit].astype(str)].to_numpy() * size + sub["position"].to_numpy()
-        Y = np.full((len(units) * size, len(members)), np.nan)
-        Y[row, col] = sub[value].to_numpy(dtype=np.float64)
-        data = design.loc[np.repeat(units, size)].reset_index(drop=True)
-        data[unit] = np.repeat(units, size)
-        data[local] = pd.Categorical(np.tile(np.arange(size).astype(str), len(units)))
-        yield members, Y, data
-
-
 def contrast_moments_grouped(
     values: pd.DataFrame,
     design: pd.DataFrame,
@@ -675,9 +614,18 @@ def contrast_moments_grouped(
     if not isinstance(theta, pd.DataFrame):
         raise TypeError("theta must be the fit's theta DataFrame (index: features)")
     parts, members = [], []
-    for names, Y, data in _grouped_blocks(
-        values, design, theta.index, feature=feature, unit=unit, local=local, value=value
-    ):
+    missing = [c for c in (feature, unit, local, value) if c not in values.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not in the long table ({list(values.columns)})")
+    blocks, _ = bucket_problems(
+        values[values[feature].isin(theta.index)],
+        design,
+        feature=feature,
+        unit=unit,
+        local=local,
+        value=value,
+    )
+    for names, Y, data in blocks:
         arrays, _ = _moment_arrays(
             Y, data, formula, theta.loc[names], L, satterthwaite=satterthwaite, chunk_size=None
         )
