@@ -35,10 +35,10 @@ from omixed.lmm._inference import (
 from omixed.tl._contrast import test as tl_test
 
 LMERTEST = Path(__file__).parent / "data" / "lmertest"
-CLASSIC = ["dyestuff", "penicillin", "pastes"]  # sleepstudy needs random slopes
+CLASSIC = ["dyestuff", "penicillin", "pastes", "sleepstudy_uncorrelated"]
 GENES = "y ~ condition + (1|batch) + (1|donor)"
 PEPTIDES = "y ~ condition + (1|batch) + (1|sample) + (1|peptide)"
-R_NAMES = {"(Intercept)": "Intercept", "conditiontreated": "condition[T.treated]"}
+R_NAMES = {"(Intercept)": "Intercept", "conditiontreated": "condition[T.treated]", "Days": "Days"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def test_varpar_covariance_matches_lmertest(genes, lme4_classic, classic_data, l
     cases = []
     Y, design, _, _, fits = genes
     cases.append((Y, design, GENES, fits))
-    for name in CLASSIC:
+    for name in ["dyestuff", "penicillin", "pastes"]:  # lmerTest's θ names map one to one
         data = classic_data(lme4_classic[name]["data"])
         formula = lme4_classic[name]["formula"]
         Y1 = data[[formula.split("~")[0].strip()]].to_numpy()
@@ -533,3 +533,23 @@ def test_bh_controls_the_fdr(moderate):
     # FDP 0.0345 of 174 discoveries (moderated: 0.0400 of 175), bound 0.083.
     assert fdp <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / hits.size), fdp
     assert changed[hits].sum() > 0.5 * changed.sum()  # and finds most true changes
+
+
+def test_sleepstudy_slope_df_matches_lmertest(lme4_classic, classic_data, lmertest):
+    model = lme4_classic["sleepstudy_uncorrelated"]
+    data = classic_data(model["data"])
+    Y = data[["Reaction"]].to_numpy()
+    res = lmm.fit(Y, data, model["formula"])
+    got = satterthwaite(res, Y, data, "Days").iloc[0]
+    ref = _reference(lmertest[0], "sleepstudy_uncorrelated", "Days", ["sleepstudy_uncorrelated"])
+    assert got["df"] == pytest.approx(ref.iloc[0]["df"], rel=1e-3)
+    _log_p_close([got["pvalue"]], [ref.iloc[0]["p"]])
+
+
+def test_correlated_slopes_are_refused_clearly(lme4_classic, classic_data):
+    model = lme4_classic["sleepstudy"]
+    data = classic_data(model["data"])
+    Y = data[["Reaction"]].to_numpy()
+    res = lmm.fit(Y, data, model["formula"])
+    with pytest.raises(ValueError, match=r"correlated random terms such as \(x\|g\)"):
+        satterthwaite(res, Y, data, "Days")

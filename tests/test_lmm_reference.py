@@ -8,7 +8,22 @@ import pytest
 
 from omixed import lmm
 
-CLASSIC = ["dyestuff", "penicillin", "pastes", "sleepstudy_uncorrelated"]
+CLASSIC = ["dyestuff", "penicillin", "pastes", "sleepstudy", "sleepstudy_uncorrelated"]
+
+
+def _term(group: str, component: str) -> str:
+    """omixed's name of one component of a random term: "Subject", "Subject.Days"."""
+    return group if component == "(Intercept)" else f"{group}.{component}"
+
+
+def _theta_name(lme4_name: str, groups) -> str:
+    """lme4's θ names ("Subject.(Intercept)", "Subject.Days.(Intercept)") in omixed's terms."""
+    group = next(g for g in groups if lme4_name.startswith(g + "."))
+    rest = lme4_name[len(group) + 1 :]
+    if rest == "(Intercept)" or "." not in rest:
+        return _term(group, rest)
+    row, col = rest.split(".", 1)  # an off-diagonal entry of the term's factor T
+    return f"{_term(group, row)}~{_term(group, col)}"
 
 
 def _rel(a, b):
@@ -28,19 +43,24 @@ def test_classic_datasets_match_lme4(name, method, lme4_classic, classic_data):
     assert res.converged.iloc[0]
     assert _rel(res.criterion.iloc[0], ref["criterion"]) < 1e-6
     names = np.atleast_1d(ref["theta_names"])  # R's JSON writes length-1 vectors as scalars
-    theta = [res.theta.iloc[0][n.split(".(")[0]] for n in names]
+    theta = [res.theta.iloc[0][_theta_name(n, ref["ranef"])] for n in names]
     np.testing.assert_allclose(theta, np.atleast_1d(ref["theta"]), rtol=1e-4)
     assert _rel(np.sqrt(res.variance["Residual"].iloc[0]), ref["sigma"]) < 1e-4
     np.testing.assert_allclose(res.beta.iloc[0].to_numpy(), list(ref["beta"].values()), rtol=1e-4)
     np.testing.assert_allclose(res.se.iloc[0].to_numpy(), list(ref["beta_se"].values()), rtol=1e-4)
     for vc in ref["varcorr"]:
         # lme4 names a second term on the same factor "Subject.1"; ours is "Subject.Days".
-        slope = vc.get("var1", "(Intercept)") != "(Intercept)"
-        name = f"{vc['grp'].split('.')[0]}.{vc['var1']}" if slope else vc["grp"]
+        group = vc["grp"].split(".")[0]
+        if vc["grp"] == "Residual":
+            name = "Residual"
+        elif "var2" in vc:
+            name = f"cov({_term(group, vc['var1'])},{_term(group, vc['var2'])})"
+        else:
+            name = _term(group, vc["var1"])
         assert _rel(res.variance[name].iloc[0], vc["vcov"]) < 1e-4
     for group, levels in ref["ranef"].items():
         for column in (c for c in levels[0] if c not in {"level", "_row"}):
-            term = group if column == "(Intercept)" else f"{group}.{column}"
+            term = _term(group, column)
             expected = pd.Series({lv["level"]: lv[column] for lv in levels})
             got = res.blup[term].iloc[0].loc[expected.index]
             # 1e-4 relative to the largest BLUP: a BLUP near 0 moves with lme4's own tolerance

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
+from ._dense import DenseLayout, dense_criterion, lambda_matrix
 from ._objective import Layout, criterion, reduce
 from ._optimize import minimize
 from ._result import LMMResult
@@ -32,9 +33,29 @@ class _Design:
     spectral: Spectral | None  # the one-term shortcut's design pieces, if it applies
     fixed_names: tuple[str, ...]
     term_names: tuple[str, ...]  # elimination order
+    dense: DenseLayout | None = None  # correlated terms: the unreduced criterion (see _dense)
+    extra_names: tuple[str, ...] = ()  # dense: names of the off-diagonal parameters
+    covariances: tuple[tuple[int, int], ...] = ()  # dense: term pairs with a covariance
+
+    @property
+    def n_theta(self) -> int:
+        return self.dense.n_theta if self.dense is not None else self.layout.n_theta
+
+    def lambda_matrix(self, theta: np.ndarray) -> np.ndarray:
+        """``S = blockdiag(Λ(θ), I_p, 1)`` per feature (θ in elimination order)."""
+        if self.dense is not None:
+            return lambda_matrix(theta, self.dense)
+        s = np.ones((theta.shape[0], self.layout.dim))
+        s[:, : self.layout.q] = theta[:, self.layout.term_of()]
+        S = np.zeros((theta.shape[0], self.layout.dim, self.layout.dim))
+        idx = np.arange(self.layout.dim)
+        S[:, idx, idx] = s
+        return S
 
 
 def _design(spec: ModelSpec) -> _Design:
+    if spec.blocks:
+        return _dense_design(spec)
     order = np.argsort([-t.n_levels for t in spec.terms], kind="stable")
     Z = [spec.terms[i].indicator() for i in order]
     M = np.hstack([*Z, spec.X]) if Z else spec.X.copy()
@@ -49,6 +70,50 @@ def _design(spec: ModelSpec) -> _Design:
     intercept = int(ones[0]) if ones.size else None
     spectral = Spectral.from_design(spec.X, Z[0]) if len(Z) == 1 else None
     return _Design(M, layout, order, intercept, spectral, spec.fixed_names, names)
+
+
+def _dense_design(spec: ModelSpec) -> _Design:
+    """Correlated terms: formula order, no elimination, Λ entries per parameter."""
+    terms = spec.terms
+    Z = [t.indicator() for t in terms]
+    sizes = tuple(t.n_levels for t in terms)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    rows, cols, which = [], [], []
+    for j, t in enumerate(terms):  # the diagonal: each component's own SD
+        lv = np.arange(t.n_levels)
+        (
+            rows.append(offsets[j] + lv),
+            cols.append(offsets[j] + lv),
+            which.append(np.full(lv.size, j)),
+        )
+    extra, pairs = [], []
+    for block in spec.blocks:  # lower triangle of each correlated term's T, lme4's column order
+        for c_pos, c in enumerate(block):
+            for a in block[c_pos + 1 :]:
+                lv = np.arange(terms[a].n_levels)
+                rows.append(offsets[a] + lv), cols.append(offsets[c] + lv)
+                which.append(np.full(lv.size, len(terms) + len(extra)))
+                extra.append(f"{terms[a].name}~{terms[c].name}")
+        pairs += [(a, b) for i, a in enumerate(block) for b in block[i + 1 :]]
+    k = len(terms) + len(extra)
+    lower = np.where(np.arange(k) < len(terms), 0.0, -np.inf)
+    p = spec.X.shape[1]
+    dense = DenseLayout(
+        sum(sizes), p, np.concatenate(rows), np.concatenate(cols), np.concatenate(which), lower
+    )
+    ones = np.flatnonzero(np.all(spec.X == 1.0, axis=0))
+    return _Design(
+        np.hstack([*Z, spec.X]),
+        Layout(sizes, p, 0),
+        np.arange(len(terms)),
+        int(ones[0]) if ones.size else None,
+        None,
+        spec.fixed_names,
+        tuple(t.name for t in terms),
+        dense,
+        tuple(extra),
+        tuple(pairs),
+    )
 
 
 def _check_response(Y: np.ndarray, n_rows: int, nonfinite: str) -> np.ndarray:
@@ -287,7 +352,13 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
 
     rows = np.flatnonzero(ok)
     A_ok, n_ok, p_ok = A[rows], n_obs[rows], p_eff[rows].astype(np.float64)
-    k = layout.n_theta
+    k = design.n_theta
+    if design.dense is not None:  # a block's correlations go with its components' variances
+        extra = np.zeros((m, k - layout.n_theta), dtype=bool)
+        for i, name in enumerate(design.extra_names):
+            a, c = (design.term_names.index(n) for n in name.split("~"))
+            extra[:, i] = fixed[:, a] | fixed[:, c]
+        fixed = np.concatenate([fixed, extra], axis=1)
     theta = np.full((m, k), np.nan)
     crit = np.full(m, np.nan)
     converged = np.zeros(m, dtype=bool)
@@ -304,23 +375,33 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
 
     general = np.flatnonzero(~shortcut)
     if general.size:
-        red = reduce(A_ok[general], layout)
         n_g, p_g, sub_rows = n_ok[general], p_ok[general], rows[general]
+        if design.dense is not None:
+            A_g, dense = A_ok[general], design.dense
 
-        def objective(th, sub, order):
-            return criterion(th, red.take(sub), n_g[sub], p_g[sub], reml=reml, order=order)
+            def objective(th, sub, order):
+                return dense_criterion(
+                    th, A_g[sub], n_g[sub], p_g[sub], dense, reml=reml, order=order
+                )
+
+        else:
+            red = reduce(A_ok[general], layout)
+
+            def objective(th, sub, order):
+                return criterion(th, red.take(sub), n_g[sub], p_g[sub], reml=reml, order=order)
 
         if k:
-            starts = np.broadcast_to(
-                np.array(_STARTS)[:, None, None], (len(_STARTS), general.size, k)
-            )
-            opt = minimize(objective, starts, fixed[sub_rows])
+            lower = design.dense.lower if design.dense is not None else np.zeros(k)
+            # SDs start from each of _STARTS, correlations (free parameters) from 0.
+            starts = np.where(np.isfinite(lower), np.array(_STARTS)[:, None, None], 0.0)
+            starts = np.broadcast_to(starts, (len(_STARTS), general.size, k))
+            opt = minimize(objective, starts, fixed[sub_rows], lower=lower)
             theta[sub_rows], crit[sub_rows] = opt.theta, opt.fmin
             converged[sub_rows], n_iter[sub_rows] = opt.converged, opt.n_iter
             reason[sub_rows] = np.where(opt.message == "", reason[sub_rows], opt.message)
         else:
             theta[sub_rows] = np.zeros((general.size, 0))
-            crit[sub_rows], _, _ = criterion(theta[sub_rows], red, n_g, p_g, reml=reml)
+            crit[sub_rows], _, _ = objective(theta[sub_rows], np.arange(general.size), 0)
             converged[sub_rows] = True
     # The criterion can keep falling as θ → ∞ (σ² → 0): the random effects interpolate the
     # few observations.  There is no finite optimum; say so rather than "no convergence".
@@ -329,12 +410,21 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
         "residual variance tends to 0 (random effects fit the observations exactly)"
     )
 
-    est = _estimates(theta[rows], A_ok, layout, n_ok, p_ok, reml)
+    S = design.lambda_matrix(theta[rows])
+    est = _estimates(S, A_ok, q, p, n_ok, p_ok, reml)
     beta = np.full((m, p), np.nan)
     se = np.full((m, p), np.nan)
     blup = np.full((m, q), np.nan)
     sigma2 = np.full(m, np.nan)
     beta[rows], se[rows], blup[rows], sigma2[rows] = est
+    # Relative (co)variances of the terms: Λ Λ' at each term's first level.
+    first = np.cumsum([0, *layout.sizes])[:-1].astype(int)
+    Sq = S[:, :q, :q]
+    rel_var = np.full((m, layout.n_theta), np.nan)
+    rel_var[rows] = (Sq[:, first, :] ** 2).sum(axis=2)
+    rel_cov = np.full((m, len(design.covariances)), np.nan)
+    for i, (a, b) in enumerate(design.covariances):
+        rel_cov[rows, i] = (Sq[:, first[a], :] * Sq[:, first[b], :]).sum(axis=1)
     beta[dropped] = se[dropped] = np.nan
     blup[counts == 0] = np.nan
 
@@ -355,6 +445,8 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
         "se": se,
         "blup": blup,
         "sigma2": sigma2,
+        "variance": sigma2[:, None] * rel_var,
+        "covariance": sigma2[:, None] * rel_cov,
         "converged": converged & ok,
         "reason": reason,
         "notes": np.array(["; ".join(n) for n in notes], dtype=object),
@@ -365,25 +457,22 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
 
 
 def _estimates(
-    theta: np.ndarray,
+    S: np.ndarray,
     A: np.ndarray,
-    layout: Layout,
+    q: int,
+    p: int,
     n_obs: np.ndarray,
     p_eff: np.ndarray,
     reml: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """β̂, SE(β̂), BLUPs Λũ and σ̂² at θ from one dense solve of the full system.
 
-    With ``Ω = S A S + diag(I_q, 0, 0)``, the leading ``(q+p)`` block solves the penalized
-    normal equations for ``(ũ, β̂)``; ``r² = Ω_yy − Ω_y·(ũ, β̂)``, and
-    ``Cov(β̂) = σ̂² (R_X'R_X)⁻¹`` is the β block of that block's inverse.
+    With ``Ω = S'AS + diag(I_q, 0, 0)`` (``S = blockdiag(Λ, I_p, 1)``), the leading ``(q+p)``
+    block solves the penalized normal equations for ``(ũ, β̂)``; ``r² = Ω_yy − Ω_y·(ũ, β̂)``,
+    and ``Cov(β̂) = σ̂² (R_X'R_X)⁻¹`` is the β block of that block's inverse.
     """
-    m = A.shape[0]
-    q, p = layout.q, layout.p
     D = q + p
-    s = np.ones((m, D + 1))
-    s[:, :q] = theta[:, layout.term_of()]
-    Omega = A * s[:, :, None] * s[:, None, :]
+    Omega = S.transpose(0, 2, 1) @ A @ S
     idx = np.arange(q)
     Omega[:, idx, idx] += 1.0
     inv = np.linalg.inv(Omega[:, :D, :D])
@@ -392,4 +481,5 @@ def _estimates(
     sigma2 = r2 / ((n_obs - p_eff) if reml else n_obs)
     cov_diag = np.diagonal(inv, axis1=1, axis2=2)[:, q:]
     se = np.sqrt(sigma2[:, None] * cov_diag)
-    return sol[:, q:], se, s[:, :q] * sol[:, :q], sigma2
+    blup = np.einsum("mij,mj->mi", S[:, :q, :q], sol[:, :q])
+    return sol[:, q:], se, blup, sigma2

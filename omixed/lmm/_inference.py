@@ -496,6 +496,11 @@ def _moment_arrays(
         warnings.simplefilter("ignore", UserWarning)
         spec = build_spec(data, formula, drop_aliased=True)
         Y = _check_response(Y, spec.n_rows, "missing")
+    if spec.blocks:
+        raise ValueError(
+            "Satterthwaite tests are not available yet for correlated random terms such as "
+            "(x|g); fit uncorrelated ones, (x||g)"
+        )
     weights, _ = contrast_vector(L, spec.fixed_names)
     design = _design(spec)
     theta = _theta_frame(theta, spec.term_names, Y.shape[1])

@@ -48,8 +48,9 @@ def minimize(
     max_iter: int = 200,
     ftol: float = 1e-10,
     xtol: float = 1e-7,
+    lower: np.ndarray | None = None,
 ) -> OptSummary:
-    """Minimize ``objective`` for every feature subject to ``θ ≥ 0``.
+    """Minimize ``objective`` for every feature subject to ``θ ≥ lower`` (default 0).
 
     Parameters
     ----------
@@ -64,8 +65,12 @@ def minimize(
         A feature has converged when one Newton step lowers its criterion by less than
         ``ftol·(1 + |f|)`` and changes θ by less than ``xtol·(1 + |θ|)`` (or its projected
         gradient vanishes).
+    lower
+        ``(k,)`` bounds: 0 for standard deviations, ``-inf`` for free parameters (the
+        off-diagonals of a correlated term's factor).
     """
     n_starts, m, k = starts.shape
+    lower = np.zeros(k) if lower is None else np.asarray(lower, dtype=np.float64)
     everyone = np.arange(m)
     # All starting points in one batched evaluation.
     cand = np.where(fixed, 0.0, starts).reshape(n_starts * m, k)
@@ -90,7 +95,7 @@ def minimize(
             break
         th, fa, ga, fx = theta[active], f[active], g[active], fixed[active]
         n_iter[active] += 1
-        step, at_bound = _newton_direction(th, ga, hess[active], fx)
+        step, at_bound = _newton_direction(th, ga, hess[active], fx, lower)
 
         # Backtracking line search along the projected path, all features together: the full
         # step to second order (it usually is the next iterate), then, for the features that
@@ -99,7 +104,7 @@ def minimize(
         pending = np.arange(active.size)
         for t in _LADDERS:
             r = pending.size
-            trial = np.maximum(th[pending, None, :] + t[:, None] * step[pending, None, :], 0.0)
+            trial = np.maximum(th[pending, None, :] + t[:, None] * step[pending, None, :], lower)
             trial = trial.reshape(r * t.size, k)
             ft, gt, ht = objective(
                 trial, np.repeat(active[pending], t.size), 2 if t.size == 1 else 0
@@ -143,7 +148,7 @@ def minimize(
 
 
 def _newton_direction(
-    theta: np.ndarray, grad: np.ndarray, hess: np.ndarray, fixed: np.ndarray
+    theta: np.ndarray, grad: np.ndarray, hess: np.ndarray, fixed: np.ndarray, lower: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Projected Newton direction with the Hessian made positive definite.
 
@@ -155,7 +160,7 @@ def _newton_direction(
     """
     k = theta.shape[1]
     curvature = np.diagonal(hess, axis1=1, axis2=2)
-    at_zero = theta <= 0.0
+    at_zero = theta <= lower  # never true for a free parameter (lower = -inf)
     flat = np.abs(grad) <= 1e-12 * (1.0 + np.abs(curvature))
     escape = at_zero & flat & (curvature < 0.0) & ~fixed
     at_bound = fixed | (at_zero & ~escape & ((grad > 0.0) | flat))

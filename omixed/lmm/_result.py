@@ -81,9 +81,16 @@ class LMMResult:
         """Assemble a result from per-chunk arrays in elimination order (see ``_fit``)."""
         names = list(spec.term_names)
         back = np.argsort(order)  # elimination position of each formula-order term
-        theta = arrays["theta"][:, back] if len(names) else np.zeros((len(index), 0))
-        sigma2 = arrays["sigma2"]
-        variance = np.column_stack([sigma2[:, None] * theta**2, sigma2])
+        n = len(names)
+        theta = np.column_stack([arrays["theta"][:, back], arrays["theta"][:, n:]])
+        variance = np.column_stack(
+            [arrays["variance"][:, back], arrays["covariance"], arrays["sigma2"]]
+        )
+        extra, cov_names = [], []
+        for block in spec.blocks:  # as in _fit._dense_design
+            terms = [spec.terms[i].name for i in block]
+            extra += [f"{a}~{c}" for i, c in enumerate(terms) for a in terms[i + 1 :]]
+            cov_names += [f"cov({a},{b})" for i, a in enumerate(terms) for b in terms[i + 1 :]]
         sizes = [spec.terms[i].n_levels for i in order]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         blup = {}
@@ -96,8 +103,8 @@ class LMMResult:
             spec=spec,
             reml=reml,
             criterion=pd.Series(arrays["criterion"], index=index, name="criterion"),
-            theta=pd.DataFrame(theta, index=index, columns=names),
-            variance=pd.DataFrame(variance, index=index, columns=[*names, "Residual"]),
+            theta=pd.DataFrame(theta, index=index, columns=[*names, *extra]),
+            variance=pd.DataFrame(variance, index=index, columns=[*names, *cov_names, "Residual"]),
             beta=pd.DataFrame(arrays["beta"], index=index, columns=list(spec.fixed_names)),
             se=pd.DataFrame(arrays["se"], index=index, columns=list(spec.fixed_names)),
             blup=blup,

@@ -79,6 +79,7 @@ class ModelSpec:
     fixed_names: tuple[str, ...]
     terms: tuple[RandomTerm, ...]
     warnings: tuple[str, ...] = field(default=())
+    blocks: tuple[tuple[int, ...], ...] = field(default=())  # correlated terms, e.g. (x|g)
 
     @property
     def n_rows(self) -> int:
@@ -192,21 +193,16 @@ def build_spec(data: pd.DataFrame, formula: str, *, drop_aliased: bool = False) 
     ------
     ValueError
         If a column is missing, the fixed design has missing values or is rank deficient
-        (the aliased columns are named), or a term is a correlated random slope.
+        (the aliased columns are named).
     """
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"data must be a pandas.DataFrame, got {type(data).__name__}")
     fixed_formula, random = parse_formula(formula)
     notes: list[str] = []
 
-    terms = []
+    terms, blocks = [], []
     for expr, bars, group in random:
         intercept, slopes = _random_covariates(expr)
-        if bars == "|" and intercept and slopes:
-            raise ValueError(
-                f"correlated random slopes ({expr}|{group}) are not supported yet; fit "
-                f"uncorrelated ones with ({expr}||{group}) or (1|{group}) + (0 + x|{group})"
-            )
         cols, codes, levels = _grouping_factor(data, group)
         for col in cols:
             if pd.api.types.is_float_dtype(data[col]):
@@ -226,6 +222,8 @@ def build_spec(data: pd.DataFrame, formula: str, *, drop_aliased: bool = False) 
             if any(t.name == term.name for t in terms):
                 raise ValueError(f"random term {term.name!r} appears twice in the formula")
             terms.append(term)
+        if bars == "|" and len(new) > 1:  # (x|g): the components are correlated
+            blocks.append(tuple(range(len(terms) - len(new), len(terms))))
 
     try:
         mm = model_matrix(fixed_formula, data, na_action="raise")
@@ -264,7 +262,7 @@ def build_spec(data: pd.DataFrame, formula: str, *, drop_aliased: bool = False) 
         notes.append(message)
         keep = [i for i in range(len(names)) if i not in aliased]
         X, names = X[:, keep], tuple(names[i] for i in keep)
-    return ModelSpec(formula, fixed_formula, X, names, tuple(terms), tuple(notes))
+    return ModelSpec(formula, fixed_formula, X, names, tuple(terms), tuple(notes), tuple(blocks))
 
 
 def aliased_columns(X: np.ndarray, rtol: float = 1e-9) -> list[int]:
