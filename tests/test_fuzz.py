@@ -127,7 +127,12 @@ def test_permuting_samples_and_shifting_y(problem, rnd):
         # on features with a few residual degrees of freedom (with 1 or 2 the criterion is
         # nearly flat in θ and β moves with any rounding).
         others = [c for c in res.beta.columns if c != "Intercept"]
-        well_posed = both & (res.n_obs.to_numpy() >= res.beta.shape[1] + 3)
+        # Large θ means σ² → 0: the random effects interpolate and β rides on rounding.
+        well_posed = (
+            both
+            & (res.n_obs.to_numpy() >= res.beta.shape[1] + 3)
+            & (res.theta.max(axis=1).to_numpy() < 10.0)
+        )
         diff = np.abs(shifted.beta[others][well_posed] - res.beta[others][well_posed]).to_numpy()
         se = res.se[others][well_posed].to_numpy()
         estimable = np.isfinite(se)

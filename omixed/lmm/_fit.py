@@ -417,6 +417,9 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
     blup = np.full((m, q), np.nan)
     sigma2 = np.full(m, np.nan)
     beta[rows], se[rows], blup[rows], sigma2[rows] = est
+    no_se = ok & converged & np.any(np.isnan(se) & ~dropped, axis=1)
+    converged[no_se] = False
+    reason[no_se] = "standard errors not computable (numerically singular fit)"
     # Relative (co)variances of the terms: Λ Λ' at each term's first level.
     first = np.cumsum([0, *layout.sizes])[:-1].astype(int)
     Sq = S[:, :q, :q]
@@ -480,6 +483,8 @@ def _estimates(
     r2 = Omega[:, D, D] - np.einsum("mi,mi->m", Omega[:, D, :D], sol)
     sigma2 = r2 / ((n_obs - p_eff) if reml else n_obs)
     cov_diag = np.diagonal(inv, axis1=1, axis2=2)[:, q:]
-    se = np.sqrt(sigma2[:, None] * cov_diag)
+    # A numerically singular system (θ → ∞ with σ² → 0) can give a negative variance: no SE.
+    var_beta = sigma2[:, None] * cov_diag
+    se = np.sqrt(np.where(var_beta >= 0.0, var_beta, np.nan))
     blup = np.einsum("mij,mj->mi", S[:, :q, :q], sol[:, :q])
     return sol[:, q:], se, blup, sigma2
