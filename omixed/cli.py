@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="fitted h5ad")
     p.add_argument("-o", "--output", required=True, help="h5ad file to write")
     p.add_argument("--remove", nargs="+", default=["batch"], help="terms to remove (default batch)")
+    p.add_argument(
+        "--method",
+        choices=["eb", "blup", "full"],
+        default="eb",
+        help="how a random term's effects are estimated (see omixed.tl.correct; default eb)",
+    )
     p.add_argument("--key", default="lmm", help="the fit's key")
     p.add_argument("--layer-added", default="corrected", help="layer receiving corrected values")
 

@@ -177,8 +177,15 @@ def merge(args: argparse.Namespace) -> None:
 
 def correct(args: argparse.Namespace) -> None:
     adata = read_h5ad(args.input)
-    tl.correct(adata, key=args.key, remove=args.remove, layer_added=args.layer_added)
-    params = {"key": args.key, "remove": list(args.remove), "layer_added": args.layer_added}
+    tl.correct(
+        adata, key=args.key, remove=args.remove, method=args.method, layer_added=args.layer_added
+    )
+    params = {
+        "key": args.key,
+        "remove": list(args.remove),
+        "method": args.method,
+        "layer_added": args.layer_added,
+    }
     record(adata, "correct", params)
     write_h5ad(adata, args.output)
 

@@ -7,6 +7,7 @@ rule correct:
         "logs/correct.log",
     params:
         terms=config["model"]["remove"],
+        method=config["model"]["method"],
     threads: res("correct", "threads")
     resources:
         mem_mb=res("correct", "mem_mb"),
@@ -14,7 +15,8 @@ rule correct:
     conda:
         "../envs/omixed.yaml"
     shell:
-        "omixed correct {input} --remove {params.terms:q} -o {output} 2> {log}"
+        "omixed correct {input} --remove {params.terms:q} --method {params.method}"
+        " -o {output} 2> {log}"
 
 
 rule export:
