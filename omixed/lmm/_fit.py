@@ -180,7 +180,8 @@ def fit(
         ``n_rows`` rows holding the formula's columns.
     formula
         lme4-style formula, e.g. ``"y ~ condition + (1|batch) + (1|donor)"``; the left-hand side
-        may be omitted.  Random terms are intercepts ``(1|g)``, crossed or nested ``(1|a:b)``.
+        may be omitted.  Random terms: intercepts ``(1|g)``, crossed or nested ``(1|a:b)``,
+        correlated slopes ``(x|g)`` and uncorrelated ones ``(x||g)`` or ``(0 + x|g)``.
     reml
         REML if true, else maximum likelihood.
     n_jobs
