@@ -397,6 +397,12 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
             starts = np.where(np.isfinite(lower), np.array(_STARTS)[:, None, None], 0.0)
             starts = np.broadcast_to(starts, (len(_STARTS), general.size, k))
             opt = minimize(objective, starts, fixed[sub_rows], lower=lower)
+            # θ = 0 (no random effects) is a stationary point the descent may not reach from
+            # inside; never return a fit worse than it.
+            f0, _, _ = objective(np.zeros_like(opt.theta), np.arange(general.size), 0)
+            boundary = f0 < opt.fmin
+            opt.theta[boundary], opt.fmin[boundary] = 0.0, f0[boundary]
+            opt.converged[boundary], opt.message[boundary] = True, ""
             theta[sub_rows], crit[sub_rows] = opt.theta, opt.fmin
             converged[sub_rows], n_iter[sub_rows] = opt.converged, opt.n_iter
             reason[sub_rows] = np.where(opt.message == "", reason[sub_rows], opt.message)
