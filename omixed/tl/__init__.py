@@ -5,6 +5,15 @@ from ._correct import correct
 from ._fit import fit
 from ._meta import meta
 from ._proteins import summarize_proteins
+from ._transform import transform
 from ._varpart import variance_partition
 
-__all__ = ["correct", "fit", "meta", "summarize_proteins", "test", "variance_partition"]
+__all__ = [
+    "correct",
+    "fit",
+    "meta",
+    "summarize_proteins",
+    "test",
+    "transform",
+    "variance_partition",
+]
