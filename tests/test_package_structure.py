@@ -38,7 +38,8 @@ def test_public_functions_follow_the_convention(name, func):
     if name not in NOT_ADATA_FIRST:
         assert params[0].name == "adata", f"{name}: first parameter is {params[0].name}"
     positional = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
-    allowed = 2 if name in {"tl.fit", "pl.feature", "io.join_sample_sheet", "tl.meta"} else 1
+    two = {"tl.fit", "tl.transform", "pl.feature", "io.join_sample_sheet", "tl.meta"}
+    allowed = 2 if name in two else 1
     assert len(positional) <= allowed, f"{name}: options must be keyword-only ({positional})"
     copy = next((p for p in params if p.name == "copy"), None)
     if copy is not None:
