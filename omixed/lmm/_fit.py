@@ -165,6 +165,7 @@ def fit(
     progress: bool | None = False,
     nonfinite: str = "raise",
     drop_aliased: bool = False,
+    weights: np.ndarray | None = None,
 ) -> LMMResult:
     """Fit ``formula`` to every column of ``Y`` by REML (default) or ML.
 
@@ -198,6 +199,11 @@ def fit(
     drop_aliased
         Drop fixed-effect columns that are linear combinations of earlier ones (with a
         warning) instead of raising.
+    weights
+        Precision weights, the shape of ``Y``: observation ``i`` has residual variance
+        ``σ²/w_i`` (as lme4's ``weights``; e.g. voom weights for log-CPM).  They must be
+        positive and finite where ``Y`` is observed.  ``variance["Residual"]`` is then σ², the
+        variance of a unit-weight observation; the criterion includes ``−Σ log w_i``.
 
     Returns
     -------
@@ -217,6 +223,19 @@ def fit(
     """
     spec = build_spec(data, formula, drop_aliased=drop_aliased)
     Y = _check_response(Y, spec.n_rows, nonfinite)
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.ndim == 1:
+            weights = weights[:, None]
+        if weights.shape != Y.shape:
+            raise ValueError(f"weights have shape {weights.shape}, Y has {Y.shape}")
+        bad = np.isfinite(Y) & ~(np.isfinite(weights) & (weights > 0))
+        if bad.any():
+            rows, cols = np.nonzero(bad)
+            raise ValueError(
+                f"{int(bad.sum())} observed value(s) have a weight that is not positive and "
+                f"finite, e.g. at (row {rows[0]}, feature {cols[0]})"
+            )
     design = _design(spec)
     m = Y.shape[1]
     if feature_names is None:
@@ -236,7 +255,10 @@ def fit(
     bounds = [*range(0, m, chunk_size), m]
     chunks = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
 
-    jobs = (delayed(_fit_chunk)(Y[:, a:b], design, reml) for a, b in chunks)
+    jobs = (
+        delayed(_fit_chunk)(Y[:, a:b], design, reml, None if weights is None else weights[:, a:b])
+        for a, b in chunks
+    )
     parallel = Parallel(n_jobs=n_jobs, return_as="generator")
     pieces = parallel(jobs)
     if progress or (progress is None and len(chunks) > 10):
@@ -251,13 +273,13 @@ def fit(
 def _cross_products(M: np.ndarray, Y: np.ndarray, W: np.ndarray) -> np.ndarray:
     """``A[f] = [M y_f]' diag(w_f) [M y_f]`` for features × rows ``Y`` and ``W``, ``(m, D+1, D+1)``.
 
-    Features observed in every row share ``M'M``; the others get one small product each (a
+    Features observed in every row with unit weights share ``M'M``; the others get one small product each (a
     stacked matmul).  No large GEMM runs across features: its blocking would make the sums
     depend on how many features share a chunk.
     """
     m, D = Y.shape[0], M.shape[1]
     A = np.empty((m, D + 1, D + 1))
-    complete = W.all(axis=1)
+    complete = np.all(W == 1.0, axis=1)  # observed everywhere with unit weights
     A[complete, :D, :D] = M.T @ M
     partial = np.flatnonzero(~complete)
     if partial.size:
@@ -291,8 +313,11 @@ class Prepared:
     p_eff: np.ndarray
 
 
-def prepare(Yt: np.ndarray, design: _Design) -> Prepared:
+def prepare(Yt: np.ndarray, design: _Design, weights: np.ndarray | None = None) -> Prepared:
     """Standardize features × rows ``Yt`` and build their cross-products (see :class:`Prepared`).
+
+    ``weights`` (features × rows, > 0 where observed) are precision weights: observation ``i``
+    has residual variance ``σ²/w_i``; ``W`` then holds them (0 where missing).
 
     Every per-feature reduction runs along the contiguous last axis, so its summation order
     (and the result, bitwise) does not depend on how many features share a chunk.
@@ -308,6 +333,8 @@ def prepare(Yt: np.ndarray, design: _Design) -> Prepared:
     center = mean if design.intercept is not None else np.zeros(m)
     scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
     Ys = np.where(W > 0, (Yt - center[:, None]) / scale[:, None], 0.0)
+    if weights is not None:
+        W = np.where(W > 0, weights, 0.0)
     A = _cross_products(design.M, Ys, W)
     # Fixed effects not estimable from a feature's rows are dropped (as lme4 does).
     aliased = aliased_mask(A[:, q:, q:])
@@ -320,11 +347,14 @@ def prepare(Yt: np.ndarray, design: _Design) -> Prepared:
     return Prepared(W, n_obs, spread, center, scale, Ys, A, dropped, aliased[:, p], p_eff)
 
 
-def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarray]:
+def _fit_chunk(
+    Y: np.ndarray, design: _Design, reml: bool, weights: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     layout = design.layout
     m = Y.shape[1]
     q, p = layout.q, layout.p
-    prep = prepare(np.ascontiguousarray(Y.T), design)
+    Wt = None if weights is None else np.ascontiguousarray(weights.T)
+    prep = prepare(np.ascontiguousarray(Y.T), design, Wt)
     A, n_obs, spread, scale, Ys = prep.A, prep.n_obs, prep.spread, prep.scale, prep.Ys
     dropped, fits_exactly, p_eff = prep.dropped, prep.fits_exactly, prep.p_eff
     center = prep.center
@@ -367,7 +397,7 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
 
     # One random term and complete data: the exact 1-D shortcut (see _spectral).
     shortcut = np.zeros(rows.size, dtype=bool)
-    if k == 1 and design.spectral is not None:
+    if k == 1 and design.spectral is not None and weights is None:
         shortcut = (n_ok == Y.shape[0]) & (p_ok == p) & ~fixed[rows, 0]
     if shortcut.any():
         sel = rows[shortcut]
@@ -386,7 +416,9 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
                 )
 
         else:
-            red = reduce(A_ok[general], layout)
+            # Weighted counts are not the integers the count classes group by.
+            plain = layout if weights is None else Layout(layout.sizes, layout.p, 0)
+            red = reduce(A_ok[general], plain)
 
             def objective(th, sub, order):
                 return criterion(th, red.take(sub), n_g[sub], p_g[sub], reml=reml, order=order)
@@ -447,6 +479,10 @@ def _fit_chunk(Y: np.ndarray, design: _Design, reml: bool) -> dict[str, np.ndarr
     sigma2 *= scale**2
     dof = (n_obs - p_eff) if reml else n_obs
     crit = crit + dof * np.log(scale**2)
+    if Wt is not None:  # Var(ε_i) = σ²/w_i: the likelihood gains Σ log w_i / 2
+        crit = crit - np.where(prep.W > 0, np.log(np.where(prep.W > 0, prep.W, 1.0)), 0.0).sum(
+            axis=1
+        )
 
     return {
         "criterion": crit,

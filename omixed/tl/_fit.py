@@ -52,6 +52,7 @@ def fit(
     progress: bool | None = None,
     nonfinite: str = "raise",
     drop_aliased: bool = False,
+    weights_layer: str | None = None,
 ) -> AnnData | None:
     """Fit a linear mixed model to every feature (variable) of ``adata``.
 
@@ -82,6 +83,9 @@ def fit(
         ``"raise"`` (default) on ±inf values, or ``"missing"`` to treat them as missing.
     drop_aliased
         Drop aliased fixed-effect columns with a warning instead of raising.
+    weights_layer
+        Layer of precision weights (observation variance ``σ²/w``), e.g. voom weights for
+        log-CPM values.
 
     Returns
     -------
@@ -125,6 +129,7 @@ def fit(
         progress=progress,
         nonfinite=nonfinite,
         drop_aliased=drop_aliased,
+        weights=None if weights_layer is None else get_matrix(adata, weights_layer),
     )
     spec = res.spec
     nested = nested_terms(adata.obs, spec)
