@@ -273,9 +273,9 @@ def fit(
 def _cross_products(M: np.ndarray, Y: np.ndarray, W: np.ndarray) -> np.ndarray:
     """``A[f] = [M y_f]' diag(w_f) [M y_f]`` for features × rows ``Y`` and ``W``, ``(m, D+1, D+1)``.
 
-    Features observed in every row with unit weights share ``M'M``; the others get one small product each (a
-    stacked matmul).  No large GEMM runs across features: its blocking would make the sums
-    depend on how many features share a chunk.
+    Features observed in every row with unit weights share ``M'M``; the others get one small
+    product each (a stacked matmul).  No large GEMM runs across features: its blocking would
+    make the sums depend on how many features share a chunk.
     """
     m, D = Y.shape[0], M.shape[1]
     A = np.empty((m, D + 1, D + 1))
