@@ -21,6 +21,7 @@ from ._inference import (
     trigamma_inverse,
 )
 from ._result import LMMResult
+from ._robust import fit_robust, fitted_values
 from ._spec import ModelSpec, RandomTerm, build_spec, parse_formula
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "contrast_vector",
     "fit",
     "fit_grouped",
+    "fit_robust",
+    "fitted_values",
     "parse_formula",
     "satterthwaite",
     "satterthwaite_grouped",

@@ -53,6 +53,7 @@ def fit(
     nonfinite: str = "raise",
     drop_aliased: bool = False,
     weights_layer: str | None = None,
+    robust: bool = False,
 ) -> AnnData | None:
     """Fit a linear mixed model to every feature (variable) of ``adata``.
 
@@ -86,6 +87,10 @@ def fit(
     weights_layer
         Layer of precision weights (observation variance ``σ²/w``), e.g. voom weights for
         log-CPM values.
+    robust
+        Huber M-estimation (iteratively reweighted REML, :func:`omixed.lmm.fit_robust`), as
+        msqrob2 does: outlying observations get weights below 1, stored in
+        ``layers[f"{key_added}_huber"]``.
 
     Returns
     -------
@@ -118,19 +123,21 @@ def fit(
             dup = index[index.duplicated()].unique()[:5].tolist()
             raise ValueError(f"duplicated {name} names, e.g. {dup}; make them unique first")
     Y = get_matrix(adata, layer)
-    res = lmm.fit(
-        Y,
-        adata.obs,
-        formula,
-        reml=reml,
-        n_jobs=n_jobs,
-        chunk_size=chunk_size,
-        feature_names=adata.var_names,
-        progress=progress,
-        nonfinite=nonfinite,
-        drop_aliased=drop_aliased,
-        weights=None if weights_layer is None else get_matrix(adata, weights_layer),
-    )
+    options = {
+        "reml": reml,
+        "n_jobs": n_jobs,
+        "chunk_size": chunk_size,
+        "feature_names": adata.var_names,
+        "progress": progress,
+        "nonfinite": nonfinite,
+        "drop_aliased": drop_aliased,
+        "weights": None if weights_layer is None else get_matrix(adata, weights_layer),
+    }
+    if robust:
+        res, huber = lmm.fit_robust(Y, adata.obs, formula, **options)
+        adata.layers[f"{key_added}_huber"] = huber
+    else:
+        res = lmm.fit(Y, adata.obs, formula, **options)
     spec = res.spec
     nested = nested_terms(adata.obs, spec)
     for term, factors in nested.items():
