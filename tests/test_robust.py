@@ -65,3 +65,17 @@ def test_tl_fit_robust_stores_weights():
     omixed.tl.fit(adata, FORMULA, robust=True, progress=False)
     assert adata.layers["lmm_huber"].shape == adata.shape
     assert (adata.layers["lmm_huber"] <= 1.0).all()
+
+
+def test_summarize_proteins_robust_downweights_a_bad_peptide_value():
+    peptides = omixed.datasets.example_peptides()[:, :60].copy()
+    clean = omixed.tl.summarize_proteins(peptides, progress=False)
+    assert np.isfinite(peptides.X[0, 0])
+    spoiled = peptides.copy()
+    spoiled.X[0, 0] += 8.0  # one wild value in one peptide of one sample
+    plain = omixed.tl.summarize_proteins(spoiled, progress=False)
+    robust = omixed.tl.summarize_proteins(spoiled, robust=True, progress=False)
+    protein = peptides.var["protein"].iloc[0]
+    shift_plain = abs(plain[0, protein].X.item() - clean[0, protein].X.item())
+    shift_robust = abs(robust[0, protein].X.item() - clean[0, protein].X.item())
+    assert shift_robust < 0.5 * shift_plain

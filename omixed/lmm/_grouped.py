@@ -19,6 +19,7 @@ import pandas as pd
 
 from ._fit import fit
 from ._result import LMMResult
+from ._robust import fit_robust
 
 __all__ = ["fit_grouped"]
 
@@ -65,6 +66,7 @@ def fit_grouped(
     reml: bool = True,
     n_jobs: int = 1,
     progress: bool | None = False,
+    robust: bool = False,
 ) -> tuple[LMMResult, pd.DataFrame]:
     """Fit ``formula`` per feature on long-format data whose ``local`` factor is feature-specific.
 
@@ -78,6 +80,8 @@ def fit_grouped(
         lme4 formula that may use ``(1|<local>)`` and ``(1|<unit>)`` and design columns.
     feature, unit, local, value
         Column names in ``values``.
+    robust
+        Huber M-estimation per bucket (:func:`~omixed.lmm.fit_robust`).
 
     Returns
     -------
@@ -99,8 +103,11 @@ def fit_grouped(
     blocks, positions = bucket_problems(
         values, design, feature=feature, unit=unit, local=local, value=value
     )
+    options = {"reml": reml, "n_jobs": n_jobs, "progress": progress}
     results = [
-        fit(Y, data, formula, reml=reml, n_jobs=n_jobs, feature_names=members, progress=progress)
+        fit_robust(Y, data, formula, feature_names=members, **options)[0]
+        if robust
+        else fit(Y, data, formula, feature_names=members, **options)
         for members, Y, data in blocks
     ]
     return LMMResult.concat(results, order=features), positions.set_index([feature, local])

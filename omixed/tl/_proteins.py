@@ -30,6 +30,7 @@ def summarize_proteins(
     min_peptides: int = 1,
     remove: tuple[str, ...] = ("batch",),
     progress: bool | None = None,
+    robust: bool = False,
 ) -> AnnData:
     """Fit one mixed model per protein on its peptide × sample values and summarise to proteins.
 
@@ -60,6 +61,8 @@ def summarize_proteins(
         Random terms subtracted for ``layers["corrected"]``.
     progress
         Show progress bars.
+    robust
+        Huber M-estimation (msqrob2's default): outlying peptide values are down-weighted.
 
     Returns
     -------
@@ -123,6 +126,7 @@ def summarize_proteins(
         reml=reml,
         n_jobs=n_jobs,
         progress=progress,
+        robust=robust,
     )
     proteins = res.feature_names
 
