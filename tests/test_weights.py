@@ -98,3 +98,22 @@ def test_bad_weights_are_named():
         lmm.fit(Y, design, FORMULA, weights=w[:, :1])
     Y[3, 1] = np.nan  # a missing value's weight does not matter
     assert lmm.fit(Y, design, FORMULA, weights=w).converged.all()
+
+
+def test_correction_methods_use_the_fits_weights():
+    import anndata as ad
+
+    import omixed
+
+    design = crossed_design(n_batch=4, n_donor=8, reps=3).astype("category")
+    Y = simulate(design, n_features=8, missing=0.0)
+    adata = ad.AnnData(Y, obs=design.set_axis([f"S{i}" for i in range(len(design))]))
+    adata.layers["w"] = np.full(Y.shape, 3.0)
+    omixed.tl.fit(adata, "~ condition + (1|batch)", weights_layer="w", progress=False)
+    assert adata.uns["lmm"]["weights_layer"] == "w"
+    omixed.tl.correct(adata, remove=["batch"], method="full", layer_added="weighted")
+    plain = adata.copy()
+    omixed.tl.fit(plain, "~ condition + (1|batch)", progress=False)
+    omixed.tl.correct(plain, remove=["batch"], method="full")
+    # Constant weights change nothing in the GLS batch effects.
+    np.testing.assert_allclose(adata.layers["weighted"], plain.layers["corrected"], rtol=1e-8)

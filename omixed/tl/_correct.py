@@ -97,7 +97,9 @@ def unshrunk_effects(adata: AnnData, key: str, term: str, layer: str | None) -> 
     column = "_omixed_removed"
     obs[column] = labels = design_codes(obs, list(info["terms"][term]["group"]))
     Y = get_matrix(adata, layer)
-    res = lmm.fit(Y, obs, f"~ {fixed} + C({column}, contr.sum){others}", reml=info["reml"])
+    weights = get_matrix(adata, info["weights_layer"]) if info.get("weights_layer") else None
+    formula = f"~ {fixed} + C({column}, contr.sum){others}"
+    res = lmm.fit(Y, obs, formula, reml=info["reml"], weights=weights)
     X = res.spec.X[:, [not c.startswith(f"C({column}") for c in res.spec.fixed_names]]
     levels = list(info["terms"][term]["levels"])
     codes = np.array([levels.index(v) if v in levels else -1 for v in labels])
@@ -106,7 +108,7 @@ def unshrunk_effects(adata: AnnData, key: str, term: str, layer: str | None) -> 
     term_of = np.repeat(np.arange(len(Z)), [z.shape[1] for z in Z])
     Z = np.hstack([np.zeros((adata.n_obs, 0)), *Z])
     sigma2 = res.variance["Residual"].to_numpy()
-    gamma, var, beta = gls_effects(Y, X, B, Z, term_of, res.theta.to_numpy(), sigma2)
+    gamma, var, beta = gls_effects(Y, X, B, Z, term_of, res.theta.to_numpy(), sigma2, weights)
     sd = np.sqrt(res.variance.to_numpy().sum(axis=1))
     fitted = X @ np.nan_to_num(beta).T
     return Unshrunk(gamma, var, fitted, sd, codes, res.converged.to_numpy(dtype=bool))
@@ -120,6 +122,7 @@ def gls_effects(
     term_of: np.ndarray,
     theta: np.ndarray,
     sigma2: np.ndarray,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GLS effects ``γ̂`` of the indicator columns ``B`` and ``β̂`` of ``X``, per feature of ``Y``.
 
@@ -129,6 +132,8 @@ def gls_effects(
     the all-ones vector and the pseudo-inverse picks the solution with ``Σ γ̂ = 0`` over the
     observed levels (sum-to-zero coding).  ``V⁻¹`` enters through Woodbury,
     ``σ²V⁻¹ = I − ZΛ(I + ΛZ'ZΛ)⁻¹ΛZ'``, applied to the cross-products of ``[Z X B y]``.
+
+    Precision ``weights`` (rows × features) make the residual covariance ``σ² diag(1/w)``.
 
     Returns ``γ̂`` and the diagonal of ``Var(γ̂)`` (features × levels; NaN for a level without
     observations and a feature with non-finite θ or σ²) and ``β̂`` (features × columns of ``X``).
@@ -144,6 +149,8 @@ def gls_effects(
     for rows in np.array_split(ok, -(-ok.size // step)) if ok.size else []:
         Yt = Y[:, rows].T
         W = np.isfinite(Yt).astype(float)
+        if weights is not None:
+            W = np.where(W > 0, weights[:, rows].T, 0.0)
         MY = np.concatenate(
             [np.broadcast_to(M, (rows.size, n, D - 1)), np.nan_to_num(Yt)[:, :, None]], axis=2
         )

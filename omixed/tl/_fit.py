@@ -152,6 +152,7 @@ def fit(
                 )
     store(adata, res, key_added=key_added, layer=layer)
     adata.uns[key_added]["nested_in"] = nested
+    adata.uns[key_added]["weights_layer"] = weights_layer or ""
     return adata if copy else None
 
 
@@ -179,6 +180,7 @@ def store(adata: AnnData, res: lmm.LMMResult, *, key_added: str, layer: str | No
         "formula": res.spec.formula,
         "reml": bool(res.reml),
         "layer": "" if layer is None else layer,
+        "weights_layer": "",
         "terms": {
             t.name: {"levels": list(t.levels), "group": list(t.group), "covariate": t.expr}
             for t in res.spec.terms
