@@ -176,7 +176,9 @@ def fit(
     Parameters
     ----------
     Y
-        ``(n_rows, n_features)`` responses; NaN marks a missing value.
+        ``(n_rows, n_features)`` responses; NaN marks a missing value.  Besides a numpy array,
+        anything that slices like one (an h5py dataset, the ``X`` of an AnnData opened with
+        ``backed="r"``) is read one chunk at a time, so only a few chunks are ever in memory.
     data
         ``n_rows`` rows holding the formula's columns.
     formula
@@ -222,7 +224,15 @@ def fit(
     ['batch', 'Residual']
     """
     spec = build_spec(data, formula, drop_aliased=drop_aliased)
-    Y = _check_response(Y, spec.n_rows, nonfinite)
+    in_memory = isinstance(Y, np.ndarray | list | tuple) or not hasattr(Y, "shape")
+    if in_memory:
+        Y = _check_response(Y, spec.n_rows, nonfinite)
+    else:
+        # Out of core (an h5py dataset, a backed AnnData's X): checked and fit chunk by chunk.
+        if weights is not None:
+            raise ValueError("weights are not supported for out-of-core Y; load Y into memory")
+        if len(Y.shape) != 2 or Y.shape[0] != spec.n_rows:
+            raise ValueError(f"Y has shape {tuple(Y.shape)}; expected ({spec.n_rows}, features)")
     if weights is not None:
         weights = np.asarray(weights, dtype=np.float64)
         if weights.ndim == 1:
@@ -254,9 +264,23 @@ def fit(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     bounds = [*range(0, m, chunk_size), m]
     chunks = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+    if not in_memory:  # a first pass, so bad values stop the run before any fitting
+        for a, b in chunks:
+            try:
+                _check_response(np.asarray(Y[:, a:b]), spec.n_rows, "raise")
+            except ValueError as exc:
+                if nonfinite == "raise" or "infinite" not in str(exc):
+                    raise ValueError(f"in features {a}..{b - 1} (counted from 0): {exc}") from exc
+
+    def block(a: int, b: int) -> np.ndarray:
+        return (
+            Y[:, a:b]
+            if in_memory
+            else _check_response(np.asarray(Y[:, a:b]), spec.n_rows, nonfinite)
+        )
 
     jobs = (
-        delayed(_fit_chunk)(Y[:, a:b], design, reml, None if weights is None else weights[:, a:b])
+        delayed(_fit_chunk)(block(a, b), design, reml, None if weights is None else weights[:, a:b])
         for a, b in chunks
     )
     parallel = Parallel(n_jobs=n_jobs, return_as="generator")

@@ -122,7 +122,8 @@ def fit(
         if not index.is_unique:
             dup = index[index.duplicated()].unique()[:5].tolist()
             raise ValueError(f"duplicated {name} names, e.g. {dup}; make them unique first")
-    Y = get_matrix(adata, layer)
+    # A backed AnnData is read chunk by chunk by the engine, never all at once.
+    Y = adata.X if adata.isbacked and layer is None else get_matrix(adata, layer)
     options = {
         "reml": reml,
         "n_jobs": n_jobs,
