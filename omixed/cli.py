@@ -122,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default="lmm", help="the fit's key")
     p.add_argument("--layer-added", default="corrected", help="layer receiving corrected values")
 
+    p = command("transform", cmd.transform, "Correct new samples with a saved fit (no refit).")
+    p.add_argument("input", help="h5ad of the new samples (normalized like the reference)")
+    p.add_argument("--reference", required=True, help="fitted h5ad (e.g. results/corrected.h5ad)")
+    p.add_argument("-o", "--output", required=True, help="h5ad file to write")
+    p.add_argument("--remove", nargs="+", default=["batch"], help="terms to remove (default batch)")
+    p.add_argument("--key", default="lmm", help="the fit's key")
+    p.add_argument("--layer-added", default="corrected", help="layer receiving corrected values")
+
     p = command(
         "export",
         cmd.export,

@@ -253,3 +253,20 @@ def test_corrupt_or_truncated_h5ad_is_a_clear_error(
     assert main(["fit", str(bad), "--formula", "~ condition + (1|batch)", "-o", str(out)]) == 1
     assert f"{bad} is not a readable h5ad file" in caplog.text
     assert files_in(tmp_path) == before
+
+
+def test_transform_corrects_new_samples_with_a_saved_fit(tmp_path: Path, small: ad.AnnData) -> None:
+    old = small[small.obs["batch"] != "B3"].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        omixed.tl.fit(old, FORMULA, progress=False)
+    old.write_h5ad(tmp_path / "reference.h5ad")
+    new = small[small.obs["batch"] == "B3"].copy()
+    new.write_h5ad(tmp_path / "new.h5ad")
+    argv = ["transform", tmp_path / "new.h5ad", "--reference", tmp_path / "reference.h5ad"]
+    assert run(*argv, "-o", tmp_path / "out.h5ad") == 0
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
+    expected = omixed.tl.transform(new, old, remove=["batch"], copy=True)
+    np.testing.assert_array_equal(out.layers["corrected"], expected.layers["corrected"])
+    np.testing.assert_array_equal(out.var["lmm_criterion"], old.var["lmm_criterion"])
+    assert "transform" in out.uns["omixed_run"]

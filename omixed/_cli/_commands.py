@@ -175,6 +175,23 @@ def merge(args: argparse.Namespace) -> None:
     write_h5ad(adata, args.output)
 
 
+def transform(args: argparse.Namespace) -> None:
+    adata = read_h5ad(args.input)
+    reference = read_h5ad(args.reference)
+    tl.transform(adata, reference, key=args.key, remove=args.remove, layer_added=args.layer_added)
+    # The reference's per-feature fit travels along, so export writes the same tables.
+    key, features = args.key, adata.var_names
+    for column in reference.var.columns[reference.var.columns.str.startswith(f"{key}_")]:
+        adata.var[column] = reference.var.loc[features, column].to_numpy()
+    for name in reference.varm:
+        if name.startswith(f"{key}_") and name not in adata.varm:
+            adata.varm[name] = reference.varm[name].loc[features]
+    adata.uns[key] = reference.uns[key]
+    params = {"reference": str(args.reference), "key": key, "remove": list(args.remove)}
+    record(adata, "transform", params)
+    write_h5ad(adata, args.output)
+
+
 def correct(args: argparse.Namespace) -> None:
     adata = read_h5ad(args.input)
     tl.correct(

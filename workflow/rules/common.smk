@@ -83,6 +83,8 @@ def _require_file(path, option):
 
 if config["input"]["type"] != "example":
     _require_file(config["input"]["path"], "input.path")
+if config["mode"] == "transform":
+    _require_file(config["reference"], "reference (transform mode)")
 _reader_options()
 _check_model(_sample_table())
 
