@@ -452,7 +452,20 @@ def _fit_chunk(
             # SDs start from each of _STARTS, correlations (free parameters) from 0.
             starts = np.where(np.isfinite(lower), np.array(_STARTS)[:, None, None], 0.0)
             starts = np.broadcast_to(starts, (len(_STARTS), general.size, k))
-            opt = minimize(objective, starts, fixed[sub_rows], lower=lower)
+            if design.dense is None:
+                opt = minimize(objective, starts, fixed[sub_rows], lower=lower)
+            else:
+                # Correlated terms can have several local optima: descend from every start
+                # (and a negative correlation) and keep the best end point.
+                candidates = [*starts, np.where(np.isfinite(lower), starts[1], -0.5)]
+                runs = [
+                    minimize(objective, c[None], fixed[sub_rows], lower=lower) for c in candidates
+                ]
+                best = np.argmin(np.stack([r.fmin for r in runs]), axis=0)
+                opt = runs[0]
+                for field in ("theta", "fmin", "n_iter", "converged", "message"):
+                    stacked = np.stack([getattr(r, field) for r in runs])
+                    setattr(opt, field, stacked[best, np.arange(best.size)])
             # θ = 0 (no random effects) is a stationary point the descent may not reach from
             # inside; never return a fit worse than it.
             f0, _, _ = objective(np.zeros_like(opt.theta), np.arange(general.size), 0)
