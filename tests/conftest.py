@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 matplotlib.use("Agg")
 
@@ -89,3 +93,70 @@ def simulate(design: pd.DataFrame, n_features=50, sd=(0.7, 0.5, 0.4), missing=0.
     if missing:
         Y[rng.random(Y.shape) < missing] = np.nan
     return Y
+
+
+# Snakemake runs in copies of the project (tests/test_workflow.py, tests/test_slurm.py).
+REPO = Path(__file__).parents[1]
+SNAKEMAKE_TIMEOUT = 300  # seconds for one Snakemake run; a hung run is killed with its jobs
+
+
+def make_project(dest: Path) -> Path:
+    """A copy of the workflow, its configuration and profiles: what a user runs in."""
+    for part in ("workflow", "config", "profiles"):
+        shutil.copytree(REPO / part, dest / part)
+    return dest
+
+
+def write_config(project: Path, name: str, **changes: object) -> str:
+    """A config file: the default one with top-level sections replaced or updated."""
+    config = yaml.safe_load((project / "config/config.yaml").read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path = project / "config" / name
+    path.write_text(yaml.safe_dump(config))
+    return f"config/{name}"
+
+
+def start(
+    project: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+) -> subprocess.Popen[str]:
+    """Start Snakemake in its own process group, so it can be killed together with its jobs.
+
+    ``prefix`` goes before ``snakemake`` (e.g. ``("nice", "-n", "19")``).
+    """
+    return subprocess.Popen(
+        [*prefix, "snakemake", "--cores", "2", *args],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(
+    proc: subprocess.Popen[str], timeout: float = SNAKEMAKE_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"snakemake {proc.args} did not finish in {timeout} s:\n{out}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+def snakemake(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return finish(start(project, *args))
+
+
+def check(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stdout
+    return result.stdout

@@ -20,14 +20,20 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from conftest import (
+    SNAKEMAKE_TIMEOUT,
+    check,
+    finish,
+    make_project,
+    snakemake,
+    start,
+    write_config,
+)
 
 import omixed
 
 pytestmark = pytest.mark.workflow
 
-REPO = Path(__file__).parents[1]
-TIMEOUT = 300  # seconds for one Snakemake run; a hung run is killed with its jobs
 FINAL = [
     "results/corrected.h5ad",
     "results/corrected.tsv",
@@ -38,61 +44,10 @@ FINAL = [
 ]
 
 
-def make_project(dest: Path) -> Path:
-    """A copy of the workflow, its configuration and profiles: what a user runs in."""
-    for part in ("workflow", "config", "profiles"):
-        shutil.copytree(REPO / part, dest / part)
-    return dest
-
-
-def start(project: Path, *args: str) -> subprocess.Popen[str]:
-    """Start Snakemake in its own process group, so it can be killed together with its jobs."""
-    return subprocess.Popen(
-        ["snakemake", "--cores", "2", *args],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"snakemake {proc.args} did not finish in {TIMEOUT} s:\n{out}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
-
-
-def snakemake(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return finish(start(project, *args))
-
-
-def check(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stdout
-    return result.stdout
-
-
 def job_counts(dry_run_output: str) -> dict[str, int]:
     """The ``Job stats`` table of a dry run: rule -> number of jobs."""
     table = dry_run_output.split("Job stats:", 1)[1].split("total", 1)[0]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-
-
-def write_config(project: Path, name: str, **changes: object) -> str:
-    """A config file: the default one with top-level sections replaced or updated."""
-    config = yaml.safe_load((project / "config/config.yaml").read_text())
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    path = project / "config" / name
-    path.write_text(yaml.safe_dump(config))
-    return f"config/{name}"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +55,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A default run, killed (SIGKILL, with its jobs) after the first fit job, then resumed."""
     project = make_project(tmp_path_factory.mktemp("run4"))
     proc = start(project)
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + SNAKEMAKE_TIMEOUT
     while not list((project / "results/fit").glob("*.pkl")):
         assert proc.poll() is None, (
             f"the run ended before any fit job finished:\n{proc.stdout.read()}"
