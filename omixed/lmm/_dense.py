@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._objective import _LOG2PI, _batched_cholesky
+from ._objective import factor_criterion
 
 __all__ = ["DenseLayout", "dense_criterion", "lambda_matrix"]
 
@@ -84,20 +84,8 @@ def _criterion_and_gradient(theta, A, n_obs, p_eff, layout: DenseLayout, reml: b
     S = lambda_matrix(np.asarray(theta, dtype=np.float64), layout)
     AS = A @ S
     Om = S.transpose(0, 2, 1) @ AS
-    idx = np.arange(q)
-    Om[:, idx, idx] += 1.0
-    L, ok = _batched_cholesky(Om)
-    diag = np.diagonal(L, axis1=1, axis2=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logdiag = np.log(diag)
-        r2 = diag[:, -1] ** 2
-        nu = n_obs - p_eff
-        if reml:
-            crit = 2.0 * logdiag[:, :-1].sum(axis=1) + nu * (1.0 + _LOG2PI + np.log(r2 / nu))
-        else:
-            crit = 2.0 * logdiag[:, :q].sum(axis=1) + n_obs * (1.0 + _LOG2PI + np.log(r2 / n_obs))
-    bad = ~ok | ~np.isfinite(crit) | ~(r2 > 0)
-    crit = np.where(bad, np.inf, crit)
+    crit, L, r2, bad = factor_criterion(Om, q, np.zeros(A.shape[0]), n_obs, p_eff, reml)
+    nu = n_obs - p_eff
     if not gradient:
         return crit, None
 

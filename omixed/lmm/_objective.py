@@ -143,6 +143,37 @@ def _batched_cholesky(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return out, ok
 
 
+def factor_criterion(
+    Om: np.ndarray,
+    q: int,
+    logdet_rest: np.ndarray,
+    n_obs: np.ndarray,
+    p_eff: np.ndarray,
+    reml: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The criterion from ``Ω`` (its first ``q`` diagonal entries still without the ``+1``).
+
+    ``logdet_rest`` is the part of ``log|M|`` already eliminated.  Returns the criterion
+    (``inf`` where ``Ω`` is not positive definite), the Cholesky factor, ``r²`` and that mask.
+    """
+    idx = np.arange(q)
+    Om[:, idx, idx] += 1.0
+    L, ok = _batched_cholesky(Om)
+    diag = np.diagonal(L, axis1=1, axis2=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logdiag = np.log(diag)
+        r2 = diag[:, -1] ** 2
+        if reml:
+            nu = n_obs - p_eff
+            logdet = logdet_rest + 2.0 * logdiag[:, :-1].sum(axis=1)
+            crit = logdet + nu * (1.0 + _LOG2PI + np.log(r2 / nu))
+        else:
+            logdet_M = logdet_rest + 2.0 * logdiag[:, :q].sum(axis=1)
+            crit = logdet_M + n_obs * (1.0 + _LOG2PI + np.log(r2 / n_obs))
+    bad = ~ok | ~np.isfinite(crit) | ~(r2 > 0)
+    return np.where(bad, np.inf, crit), L, r2, bad
+
+
 def _trace(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``tr(a b)`` for stacks of square matrices."""
     return np.einsum("mij,mji->m", a, b)
@@ -204,21 +235,8 @@ def criterion(
 
     B = A_t * scale[:, None, :]  # Ã S
     Om = B * scale[:, :, None]
-    idx = np.arange(qr)
-    Om[:, idx, idx] += 1.0
-    L, ok = _batched_cholesky(Om)
-    diag = np.diagonal(L, axis1=1, axis2=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logdiag = np.log(diag)
-        r2 = diag[:, -1] ** 2
-        nu = n_obs - p_eff
-        if reml:
-            crit = ell + 2.0 * logdiag[:, :-1].sum(axis=1) + nu * (1.0 + _LOG2PI + np.log(r2 / nu))
-        else:
-            logdet_M = ell + 2.0 * logdiag[:, :qr].sum(axis=1)
-            crit = logdet_M + n_obs * (1.0 + _LOG2PI + np.log(r2 / n_obs))
-    bad = ~ok | ~np.isfinite(crit) | ~(r2 > 0)
-    crit = np.where(bad, np.inf, crit)
+    crit, L, r2, bad = factor_criterion(Om, qr, ell, n_obs, p_eff, reml)
+    nu = n_obs - p_eff
     if order == 0:
         return crit, None, None
 
