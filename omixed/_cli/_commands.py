@@ -166,8 +166,8 @@ def merge(args: argparse.Namespace) -> None:
     res = lmm.LMMResult.concat([c["result"] for c in chunks], order=adata.var_names)
     params = chunks[0]["params"]
     # What tl.fit stores after fitting, so that a merged fit equals an unchunked one.
-    store(adata, res, key_added=params["key"], layer=params["layer"])
-    adata.uns[params["key"]]["nested_in"] = nested_terms(adata.obs, res.spec)
+    nested = nested_terms(adata.obs, res.spec)
+    store(adata, res, key_added=params["key"], layer=params["layer"], nested=nested)
     run = dict(adata.uns.get(RUN_KEY, {}))
     run["fit"] = chunks[0]["run"]
     adata.uns[RUN_KEY] = run

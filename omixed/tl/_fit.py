@@ -151,14 +151,24 @@ def fit(
                     UserWarning,
                     stacklevel=2,
                 )
-    store(adata, res, key_added=key_added, layer=layer)
-    adata.uns[key_added]["nested_in"] = nested
-    adata.uns[key_added]["weights_layer"] = weights_layer or ""
+    store(adata, res, key_added=key_added, layer=layer, nested=nested, weights_layer=weights_layer)
     return adata if copy else None
 
 
-def store(adata: AnnData, res: lmm.LMMResult, *, key_added: str, layer: str | None) -> None:
-    """Write an engine result into ``adata`` under ``key_added`` (see :func:`fit`)."""
+def store(
+    adata: AnnData,
+    res: lmm.LMMResult,
+    *,
+    key_added: str,
+    layer: str | None,
+    nested: dict[str, list[str]] | None = None,
+    weights_layer: str | None = None,
+) -> None:
+    """Write an engine result into ``adata`` under ``key_added`` (see :func:`fit`).
+
+    ``nested`` is :func:`nested_terms` of the fit (for ``tl.correct``'s warning), when the
+    result's rows are ``adata``'s samples.
+    """
     from .. import __version__
 
     key = key_added
@@ -181,7 +191,8 @@ def store(adata: AnnData, res: lmm.LMMResult, *, key_added: str, layer: str | No
         "formula": res.spec.formula,
         "reml": bool(res.reml),
         "layer": "" if layer is None else layer,
-        "weights_layer": "",
+        "weights_layer": weights_layer or "",
+        "nested_in": nested or {},
         "terms": {
             t.name: {"levels": list(t.levels), "group": list(t.group), "covariate": t.expr}
             for t in res.spec.terms
