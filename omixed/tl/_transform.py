@@ -10,6 +10,7 @@ import pandas as pd
 
 from .. import lmm
 from .._utils import get_matrix, set_matrix
+from ._correct import per_sample
 from ._fit import design_codes, fit_info
 
 if TYPE_CHECKING:
@@ -100,12 +101,10 @@ def transform(
     for term, meta in info["terms"].items():
         labels = design_codes(adata.obs, list(meta["group"]))
         saved = ref.varm[f"{key}_blup_{term}"]
-        known = np.isin(labels, saved.columns)
-        new = sorted({str(v) for v in labels[~known]})
+        codes = saved.columns.get_indexer(labels)  # -1: a level the reference never saw
+        new = sorted({str(v) for v in labels[codes < 0]})
         new_levels[term] = new
-        contrib = np.zeros_like(Y)
-        cols = saved.columns.get_indexer(labels[known])
-        contrib[known] = np.nan_to_num(saved.to_numpy()[:, cols].T)
+        contrib = per_sample(saved.to_numpy(), codes)
         effects[term] = (saved, contrib)
         resid -= contrib
         if new:
