@@ -22,6 +22,8 @@ __all__ = ["OptSummary", "minimize"]
 # Step lengths of the line search: the full step, then three batches of halvings down to 2⁻³⁹.
 _LADDERS = (np.ones(1), *(0.5 ** np.arange(1 + 13 * i, 14 + 13 * i) for i in range(3)))
 
+_AT_ZERO = 1e-8
+
 Objective = Callable[
     [np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
 ]
@@ -160,9 +162,11 @@ def _newton_direction(
     """
     k = theta.shape[1]
     curvature = np.diagonal(hess, axis1=1, axis2=2)
-    at_zero = theta <= lower  # never true for a free parameter (lower = -inf)
+    # Within _AT_ZERO of the bound counts as on it: the gradient vanishes there too (θ² symmetry),
+    # so a coordinate that drifted to 1e-15 would otherwise sit on a maximum, unable to escape.
+    at_zero = theta <= lower + _AT_ZERO  # never true for a free parameter (lower = -inf)
     flat = np.abs(grad) <= 1e-12 * (1.0 + np.abs(curvature))
-    escape = at_zero & flat & (curvature < 0.0) & ~fixed
+    escape = at_zero & (curvature < 0.0) & ~fixed
     at_bound = fixed | (at_zero & ~escape & ((grad > 0.0) | flat))
     free = ~at_bound
     hess = np.where(free[:, :, None] & free[:, None, :], hess, 0.0)
