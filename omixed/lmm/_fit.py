@@ -10,7 +10,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from ._dense import DenseLayout, dense_criterion, lambda_matrix
-from ._objective import Layout, criterion, reduce
+from ._objective import Layout, criterion, reduce, use_count_classes
 from ._optimize import minimize
 from ._result import LMMResult
 from ._spec import ModelSpec, aliased_mask, build_spec
@@ -60,11 +60,14 @@ def _design(spec: ModelSpec) -> _Design:
     Z = [spec.terms[i].indicator() for i in order]
     M = np.hstack([*Z, spec.X]) if Z else spec.X.copy()
     sizes = tuple(spec.terms[i].n_levels for i in order)
-    # Group the eliminated term's levels by count when there are fewer counts than levels.
+    # Group the eliminated term's levels by count when that stores less than the levels do.
     # Counts are the diagonal of Z'Z only for 0/1 intercept columns: slopes keep a class per level.
     first = spec.terms[order[0]] if Z else None
     largest = int(Z[0].sum(axis=0).max()) if first is not None and first.is_intercept else 0
-    layout = Layout(sizes, spec.X.shape[1], largest if 0 < largest < sizes[0] else 0)
+    p = spec.X.shape[1]
+    dr = sum(sizes[1:]) + p + 1
+    classes = largest if Z and use_count_classes(largest, sizes[0], dr) else 0
+    layout = Layout(sizes, p, classes)
     ones = np.flatnonzero(np.all(spec.X == 1.0, axis=0))
     names = tuple(spec.terms[i].name for i in order)
     intercept = int(ones[0]) if ones.size else None

@@ -92,12 +92,15 @@ class Layout:
 class Reduced:
     """The θ-independent pieces of the criterion after eliminating term 1 (see module docs).
 
-    ``A`` is ``A_rr`` (``(m, dr, dr)``), ``G`` the class sums of outer products ``(m, K, dr²)``,
-    ``counts`` and ``mult`` the count ``c_k`` and number of levels ``n_k`` of each class.
+    ``A`` is ``A_rr`` (``(m, dr, dr)``).  The eliminated columns come in one of two forms:
+    count classes, ``G`` the class sums of outer products ``(m, K, dr²)``, or levels, ``B =
+    A_1r`` ``(m, q₁, dr)``; ``counts`` and ``mult`` are the count ``c_k`` and number of levels
+    ``n_k`` of each class (or each level's count and whether it is observed).
     """
 
     A: np.ndarray
-    G: np.ndarray
+    G: np.ndarray | None
+    B: np.ndarray | None
     counts: np.ndarray
     mult: np.ndarray
     layout: Layout
@@ -105,27 +108,44 @@ class Reduced:
     def take(self, rows: np.ndarray) -> Reduced:
         if rows.size == self.A.shape[0] and np.array_equal(rows, np.arange(rows.size)):
             return self
-        return Reduced(self.A[rows], self.G[rows], self.counts[rows], self.mult[rows], self.layout)
+        G = None if self.G is None else self.G[rows]
+        B = None if self.B is None else self.B[rows]
+        return Reduced(self.A[rows], G, B, self.counts[rows], self.mult[rows], self.layout)
+
+    def weighted(self, s: np.ndarray) -> np.ndarray:
+        """``Σ_i s_i a_i a_i'`` over the eliminated columns, ``s`` per class or per level."""
+        if self.G is not None:
+            m, dr = self.A.shape[:2]
+            return (s[:, None, :] @ self.G).reshape(m, dr, dr)
+        return (self.B.transpose(0, 2, 1) * s[:, None, :]) @ self.B
 
 
 def reduce(A: np.ndarray, layout: Layout) -> Reduced:
-    """Split ``A`` into ``A_rr`` and the count-class sums ``G_k`` of the first term's columns."""
+    """Split ``A`` into ``A_rr`` and the first term's columns, by count class or by level.
+
+    Count classes pay when they are few: their outer-product sums take ``K·dr²`` numbers per
+    feature against ``q₁·dr`` for the columns themselves (:func:`use_count_classes`).
+    """
     m = A.shape[0]
     q1 = layout.sizes[0] if layout.sizes else 0
-    dr = layout.dim - q1
     A_r1 = A[:, q1:, :q1]
     counts = np.diagonal(A[:, :q1, :q1], axis1=1, axis2=2)
-    if layout.count_classes:
-        values = np.arange(1.0, layout.count_classes + 1.0)
-        member = (counts[:, :, None] == values).astype(np.float64)  # (m, q1, K)
-        class_counts = np.broadcast_to(values, (m, values.size)).copy()
-        mult = member.sum(axis=1)
-    else:
-        member = np.broadcast_to(np.eye(q1), (m, q1, q1))
-        class_counts, mult = counts.copy(), (counts > 0).astype(np.float64)
+    A_rr = np.ascontiguousarray(A[:, q1:, q1:])
+    if not layout.count_classes:
+        B = np.ascontiguousarray(A_r1.transpose(0, 2, 1))
+        return Reduced(A_rr, None, B, counts.copy(), (counts > 0).astype(np.float64), layout)
+    dr = layout.dim - q1
+    values = np.arange(1.0, layout.count_classes + 1.0)
+    member = (counts[:, :, None] == values).astype(np.float64)  # (m, q1, K)
+    class_counts = np.broadcast_to(values, (m, values.size)).copy()
     outer = A_r1.transpose(0, 2, 1)[:, :, :, None] * A_r1.transpose(0, 2, 1)[:, :, None, :]
     G = member.transpose(0, 2, 1) @ outer.reshape(m, q1, dr * dr)
-    return Reduced(np.ascontiguousarray(A[:, q1:, q1:]), G, class_counts, mult, layout)
+    return Reduced(A_rr, G, None, class_counts, member.sum(axis=1), layout)
+
+
+def use_count_classes(n_classes: int, n_levels: int, dr: int) -> bool:
+    """Whether ``n_classes`` count classes store less than the ``n_levels`` columns (see reduce)."""
+    return 0 < n_classes < n_levels and n_classes * dr <= 2 * n_levels
 
 
 def _batched_cholesky(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,6 +192,22 @@ def factor_criterion(
             crit = logdet_M + n_obs * (1.0 + _LOG2PI + np.log(r2 / n_obs))
     bad = ~ok | ~np.isfinite(crit) | ~(r2 > 0)
     return np.where(bad, np.inf, crit), L, r2, bad
+
+
+def triangular_inverse(L: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of lower-triangular matrices, by forward substitution.
+
+    One row at a time across the whole stack: for the small systems here this is several times
+    faster than ``np.linalg.inv``, whose cost is a LAPACK call per matrix.
+    """
+    n = L.shape[1]
+    X = np.zeros_like(L)
+    d = 1.0 / np.diagonal(L, axis1=1, axis2=2)
+    for i in range(n):
+        X[:, i, i] = d[:, i]
+        if i:
+            X[:, i, :i] = -np.einsum("mj,mjk->mk", L[:, i, :i], X[:, :i, :i]) * d[:, i, None]
+    return X
 
 
 def _trace(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -228,7 +264,7 @@ def criterion(
         t1 = theta[:, :1]
         c = red.counts
         den = 1.0 + t1**2 * c
-        A_t = red.A - ((t1**2 / den)[:, None, :] @ red.G).reshape(m, dr, dr)
+        A_t = red.A - red.weighted(t1**2 / den)
         ell = (red.mult * np.log(den)).sum(axis=1)
     else:
         A_t, ell = red.A, np.zeros(m)
@@ -241,7 +277,7 @@ def criterion(
         return crit, None, None
 
     Lsafe = np.where(bad[:, None, None], np.eye(dr), L)
-    Linv = np.linalg.inv(Lsafe)
+    Linv = triangular_inverse(Lsafe)
     K = Linv.transpose(0, 2, 1) @ Linv  # Ω̃⁻¹
     if reml:
         Kk = K
@@ -260,7 +296,7 @@ def criterion(
     if k:
         sq = t1**2 * c
         s1 = 2.0 * t1 / den**2  # ∂s/∂θ₁
-        G1 = (s1[:, None, :] @ red.G).reshape(m, dr, dr) * scale[:, None, :]  # (Σ s' G) S
+        G1 = red.weighted(s1) * scale[:, None, :]  # (Σ s' G) S
         D[0] = -G1 * scale[:, :, None]
         d_ell[:, 0] = (red.mult * 2.0 * t1 * c / den).sum(axis=1)
     for a in range(1, k):
@@ -282,8 +318,7 @@ def criterion(
         for b in range(a, k):
             if a == 0 and b == 0:
                 s2 = 2.0 * (1.0 - 3.0 * sq) / den**3
-                G2 = (s2[:, None, :] @ red.G).reshape(m, dr, dr)
-                Dab = -G2 * scale[:, None, :] * scale[:, :, None]
+                Dab = -red.weighted(s2) * scale[:, None, :] * scale[:, :, None]
                 extra = (red.mult * 2.0 * c * (1.0 - sq) / den**2).sum(axis=1)
             elif a == 0:
                 rows = E[b][None, :, None] * G1
