@@ -45,6 +45,13 @@ computed on the Schur complement ``Ω̃ = S_r Ã(θ₁) S_r + I``, ``Ã = A_rr �
 ``s_i = θ₁²/(1 + θ₁² c_i)``, with ``log|N| = Σ_i log(1 + θ₁² c_i) + log|Ñ|``.  Every feature is a
 slice of one batched array: there is no loop over features.
 
+Correlated terms ``(x|g)`` (see :mod:`._dense`): varpar is the fit's θ (each term's diagonal
+entry of its relative Cholesky factor ``T``, then the off-diagonals ``T_ac``; lme4 lists the same
+numbers column-wise, so only the order differs, which leaves df unchanged) and σ.  Nothing is
+eliminated: ``S = blockdiag(Λ(θ), I_p, 1)`` is linear in θ, so the formulas above hold on the
+whole ``Ω`` with ``D_a = E_a'AS + S'AE_a`` and ``D_ab = E_a'AE_b + E_b'AE_a`` (``E_a = ∂S/∂θ_a``).
+A correlation has no parameter when either of its components has none.
+
 Variance squeezing (limma; Smyth 2004, SAGMB 3(1) art. 3)
 ----------------------------------------------------------
 :func:`squeeze_var` is limma's ``squeezeVar`` with its moment estimator of the prior (``fitFDist``,
@@ -77,6 +84,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from ._dense import DenseLayout, lambda_matrix
 from ._fit import _check_response, _Design, _design, prepare
 from ._grouped import bucket_problems
 from ._spec import build_spec
@@ -305,6 +313,42 @@ def _system(A: np.ndarray, theta: np.ndarray, layout: Layout) -> _System:
     return _System(P, x, w, r2, u2, D, D2, ell2)
 
 
+def _dense_system(A: np.ndarray, theta: np.ndarray, dense: DenseLayout) -> _System:
+    """:func:`_system` for correlated terms: no elimination, ``Ω = S'AS + diag(I_q, 0, 0)``.
+
+    ``S = blockdiag(Λ(θ), I_p, 1)`` is linear in θ with ``∂S/∂θ_a = E_a`` (ones at parameter
+    ``a``'s entries), so ``D_a = E_a'AS + S'AE_a`` and ``D_ab = E_a'AE_b + E_b'AE_a`` exactly.
+    Within one parameter every entry has its own column, which makes ``E_a'B`` a row scatter.
+    """
+    m, dim, q = A.shape[0], dense.dim, dense.q
+    e = dim - 1
+    k = dense.n_theta
+    S = lambda_matrix(theta, dense)
+    AS = A @ S
+    Om = S.transpose(0, 2, 1) @ AS
+    Om[:, np.arange(q), np.arange(q)] += 1.0
+    P = np.linalg.inv(Om[:, :e, :e])
+    x = np.einsum("mij,mj->mi", P, Om[:, :e, e])
+    r2 = Om[:, e, e] - np.einsum("mi,mi->m", Om[:, :e, e], x)
+    w = np.concatenate([-x, np.ones((m, 1))], axis=1)
+    u2 = (x[:, :q] ** 2).sum(axis=1)
+
+    entries = [(dense.rows[dense.which == a], dense.cols[dense.which == a]) for a in range(k)]
+    D = []
+    for rows, cols in entries:
+        EAS = np.zeros_like(AS)
+        EAS[:, cols, :] = AS[:, rows, :]  # E_a'AS
+        D.append(_sym(EAS))
+    D2 = {}
+    for a in range(k):
+        for b in range(a, k):
+            (ra, ca), (rb, cb) = entries[a], entries[b]
+            EAE = np.zeros_like(A)
+            EAE[:, ca[:, None], cb[None, :]] = A[:, ra[:, None], rb[None, :]]  # E_a'AE_b
+            D2[a, b] = _sym(EAE)
+    return _System(P, x, w, r2, u2, D, D2, np.zeros(m))
+
+
 def _trace(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``tr(a b)`` for stacks of square matrices."""
     return np.einsum("mij,mji->m", a, b)
@@ -352,15 +396,17 @@ def _moments_chunk(
 ) -> dict[str, np.ndarray]:
     """Contrast estimate and variance, residual variance and Satterthwaite pieces per feature.
 
-    ``Yt`` is features × rows, ``theta`` features × terms in elimination order (NaN: not fit).
+    ``Yt`` is features × rows, ``theta`` features × terms in elimination order (NaN: not fit),
+    followed for correlated terms by the off-diagonals ``design.extra_names``.
     Besides ``_COLUMNS`` (data scale) it returns ``scale`` and, on the fit's standardized scale
     (``y / scale``), ``var_std``, ``sigma2_std``, the gradient ``grad`` of ``l'Cov(β̂)l`` in
     (θ, σ) and the deviance Hessian ``hessian`` (elimination order, then σ).
     """
     layout = design.layout
     m = Yt.shape[0]
-    q, p, k = layout.q, layout.p, layout.n_theta
-    qr = q - (layout.sizes[0] if k else 0)
+    q, p, k = layout.q, layout.p, design.n_theta
+    # Random columns left in the solved system: all of them for correlated terms (dense).
+    qr = q if design.dense is not None or not k else q - layout.sizes[0]
 
     # Standardize and drop non-estimable coefficients exactly as the fit does.
     prep = prepare(Yt, design)
@@ -369,8 +415,11 @@ def _moments_chunk(
     counts = np.diagonal(A[:, :q, :q], axis1=1, axis2=2)
     term_of = layout.term_of()
     free = np.zeros((m, k), dtype=bool)
-    for j in range(k):
+    for j in range(layout.n_theta):
         free[:, j] = (counts[:, term_of == j] > 0).sum(axis=1) >= 2
+    for i, name in enumerate(design.extra_names):  # a correlation needs both its components
+        a, c = (design.term_names.index(n) for n in name.split("~"))
+        free[:, layout.n_theta + i] = free[:, a] & free[:, c]
 
     ok = np.all(np.isfinite(theta), axis=1) & (nu >= 1) & ~np.any(dropped & (L != 0), axis=1)
     rows = np.flatnonzero(ok)
@@ -386,7 +435,10 @@ def _moments_chunk(
     if not rows.size:
         return out
 
-    sys = _system(A[rows], theta[rows], layout)
+    if design.dense is not None:
+        sys = _dense_system(A[rows], theta[rows], design.dense)
+    else:
+        sys = _system(A[rows], theta[rows], layout)
     nu, scale, center = nu[rows], scale[rows], center[rows]
     sigma2 = sys.r2 / nu
     e = sys.P.shape[1]
@@ -474,8 +526,8 @@ def _theta_frame(theta, term_names: tuple[str, ...], n_features: int) -> pd.Data
 
 def _chunk_size(design: _Design) -> int:
     d = design.layout.dim
-    k = design.layout.n_theta
-    dr = d - (design.layout.sizes[0] if k else 0)
+    k = design.n_theta
+    dr = d if design.dense is not None or not k else d - design.layout.sizes[0]
     per_feature = 8 * (3 * d**2 + dr**2 * (k * (k + 1) // 2 + 2 * k + 6))
     return int(max(16, min(8192, _CHUNK_BYTES // per_feature)))
 
@@ -496,15 +548,13 @@ def _moment_arrays(
         warnings.simplefilter("ignore", UserWarning)
         spec = build_spec(data, formula, drop_aliased=True)
         Y = _check_response(Y, spec.n_rows, "missing")
-    if spec.blocks:
-        raise ValueError(
-            "Satterthwaite tests are not available yet for correlated random terms such as "
-            "(x|g); fit uncorrelated ones, (x||g)"
-        )
     weights, _ = contrast_vector(L, spec.fixed_names)
     design = _design(spec)
-    theta = _theta_frame(theta, spec.term_names, Y.shape[1])
-    theta_elim = theta.to_numpy()[:, design.order]
+    # Correlated terms add their factors' off-diagonals after the terms (LMMResult's columns).
+    theta = _theta_frame(theta, (*spec.term_names, *design.extra_names), Y.shape[1])
+    n_terms = len(spec.term_names)
+    values = theta.to_numpy()
+    theta_elim = np.concatenate([values[:, design.order], values[:, n_terms:]], axis=1)
     size = chunk_size or _chunk_size(design)
     parts = [
         _moments_chunk(
@@ -542,7 +592,9 @@ def contrast_moments(
         The fitted formula (REML).
     theta
         Relative SDs per feature and random term (``LMMResult.theta``; columns are term names
-        when a DataFrame, whose index then names the features).  NaN rows give NaN.
+        when a DataFrame, whose index then names the features), then for correlated terms
+        ``(x|g)`` the off-diagonal factor entries (``LMMResult.theta``'s ``"a~c"`` columns).
+        NaN rows give NaN.
     L
         The contrast: anything :func:`contrast_vector` reads.
     satterthwaite
