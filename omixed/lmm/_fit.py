@@ -10,7 +10,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from ._dense import DenseLayout, dense_criterion, lambda_matrix
-from ._objective import Layout, criterion, reduce, use_count_classes
+from ._objective import Layout, criterion, estimates, reduce, use_count_classes
 from ._optimize import minimize
 from ._result import LMMResult
 from ._spec import ModelSpec, aliased_mask, build_spec
@@ -489,8 +489,20 @@ def _fit_chunk(
         "residual variance tends to 0 (random effects fit the observations exactly)"
     )
 
-    S = design.lambda_matrix(theta[rows])
-    est = _estimates(S, A_ok, q, p, n_ok, p_ok, reml)
+    rel_var = np.full((m, layout.n_theta), np.nan)
+    rel_cov = np.full((m, len(design.covariances)), np.nan)
+    if design.dense is None:
+        est = estimates(theta[rows], A_ok, layout, n_ok, p_ok, reml)
+        rel_var[rows] = theta[rows] ** 2
+    else:
+        S = design.lambda_matrix(theta[rows])
+        est = _dense_estimates(S, A_ok, q, p, n_ok, p_ok, reml)
+        # Relative (co)variances of the terms: Λ Λ' at each term's first level.
+        first = np.cumsum([0, *layout.sizes])[:-1].astype(int)
+        Sq = S[:, :q, :q]
+        rel_var[rows] = (Sq[:, first, :] ** 2).sum(axis=2)
+        for i, (a, b) in enumerate(design.covariances):
+            rel_cov[rows, i] = (Sq[:, first[a], :] * Sq[:, first[b], :]).sum(axis=1)
     beta = np.full((m, p), np.nan)
     se = np.full((m, p), np.nan)
     blup = np.full((m, q), np.nan)
@@ -499,14 +511,6 @@ def _fit_chunk(
     no_se = ok & converged & np.any(np.isnan(se) & ~dropped, axis=1)
     converged[no_se] = False
     reason[no_se] = "standard errors not computable (numerically singular fit)"
-    # Relative (co)variances of the terms: Λ Λ' at each term's first level.
-    first = np.cumsum([0, *layout.sizes])[:-1].astype(int)
-    Sq = S[:, :q, :q]
-    rel_var = np.full((m, layout.n_theta), np.nan)
-    rel_var[rows] = (Sq[:, first, :] ** 2).sum(axis=2)
-    rel_cov = np.full((m, len(design.covariances)), np.nan)
-    for i, (a, b) in enumerate(design.covariances):
-        rel_cov[rows, i] = (Sq[:, first[a], :] * Sq[:, first[b], :]).sum(axis=1)
     beta[dropped] = se[dropped] = np.nan
     blup[counts == 0] = np.nan
 
@@ -542,7 +546,7 @@ def _fit_chunk(
     }
 
 
-def _estimates(
+def _dense_estimates(
     S: np.ndarray,
     A: np.ndarray,
     q: int,
@@ -551,7 +555,7 @@ def _estimates(
     p_eff: np.ndarray,
     reml: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """β̂, SE(β̂), BLUPs Λũ and σ̂² at θ from one dense solve of the full system.
+    """β̂, SE(β̂), BLUPs Λũ and σ̂² at θ from one dense solve of the full system (correlated terms).
 
     With ``Ω = S'AS + diag(I_q, 0, 0)`` (``S = blockdiag(Λ, I_p, 1)``), the leading ``(q+p)``
     block solves the penalized normal equations for ``(ũ, β̂)``; ``r² = Ω_yy − Ω_y·(ũ, β̂)``,

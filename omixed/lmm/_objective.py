@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Layout", "Reduced", "criterion", "evaluate", "reduce"]
+__all__ = ["Layout", "Reduced", "criterion", "estimates", "evaluate", "reduce"]
 
 _LOG2PI = np.log(2.0 * np.pi)
 
@@ -353,3 +353,50 @@ def evaluate(
         theta, reduce(A, layout), n_obs, p_eff, reml=reml, order=1 if gradient else 0
     )
     return crit, grad
+
+
+def estimates(
+    theta: np.ndarray,
+    A: np.ndarray,
+    layout: Layout,
+    n_obs: np.ndarray,
+    p_eff: np.ndarray,
+    reml: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """β̂, SE(β̂), BLUPs Λũ (elimination order) and σ̂² at θ, through the same elimination.
+
+    The reduced system ``Ω̃`` is the Schur complement of term 1's diagonal block ``D₁ = I +
+    θ₁² diag(c)`` in ``Ω``: its leading block solves for ``x = (ũ_r, β̂)``, the β block of its
+    inverse is ``Cov(β̂)/σ̂²``, and term 1's modes follow by back-substitution,
+    ``ũ₁ = θ₁ (A_1y − A_1r S_r x) / D₁``.
+    """
+    m = A.shape[0]
+    k = layout.n_theta
+    q1 = layout.sizes[0] if k else 0
+    qr = layout.q - q1
+    scale = np.ones((m, layout.dim - q1))
+    scale[:, :qr] = theta[:, layout.term_of()[q1:]]
+    B = A[:, :q1, q1:]  # A_1r, the response last
+    if k:
+        t1 = theta[:, :1]
+        den = 1.0 + t1**2 * np.diagonal(A[:, :q1, :q1], axis1=1, axis2=2)
+        A_t = A[:, q1:, q1:] - (B.transpose(0, 2, 1) * (t1**2 / den)[:, None, :]) @ B
+    else:
+        A_t = A
+    Om = A_t * scale[:, None, :] * scale[:, :, None]
+    idx = np.arange(qr)
+    Om[:, idx, idx] += 1.0
+    inv = np.linalg.inv(Om[:, :-1, :-1])
+    sol = np.einsum("mij,mj->mi", inv, Om[:, :-1, -1])
+    r2 = Om[:, -1, -1] - np.einsum("mi,mi->m", Om[:, -1, :-1], sol)
+    sigma2 = r2 / ((n_obs - p_eff) if reml else n_obs)
+    # A numerically singular system (θ → ∞ with σ² → 0) can give a negative variance: no SE.
+    var_beta = sigma2[:, None] * np.diagonal(inv, axis1=1, axis2=2)[:, qr:]
+    se = np.sqrt(np.where(var_beta >= 0.0, var_beta, np.nan))
+    x = scale[:, :-1] * sol  # S_r x: the unscaled (Λ_r ũ_r, β̂)
+    blup = np.empty((m, layout.q))
+    blup[:, q1:] = x[:, :qr]
+    if k:
+        u1 = t1 * (B[:, :, -1] - np.einsum("mij,mj->mi", B[:, :, :-1], x)) / den
+        blup[:, :q1] = t1 * u1
+    return sol[:, qr:], se, blup, sigma2
