@@ -207,6 +207,31 @@ def test_hessian_matches_finite_differences_of_gradient(crossed, reml):
         np.testing.assert_allclose(hess[:, :, j], (gp - gm) / (2 * h), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("reml", [True, False])
+def test_three_term_derivatives_match_finite_differences(reml):
+    """Gradient and Hessian with two terms left after elimination (peptide-like), at random θ."""
+    rng = np.random.default_rng(7)
+    sizes, n, m = (10, 6, 3), 70, 5
+    M = np.hstack([*(np.eye(s)[rng.integers(0, s, n)] for s in sizes), np.ones((n, 1))])
+    M = np.hstack([M, rng.normal(size=(n, 1))])
+    Y = rng.normal(size=(n, m)) + M[:, :10] @ rng.normal(size=(10, m))
+    w = (rng.random((n, m)) > 0.2).astype(float)
+    A = np.stack([(np.c_[M, Y[:, f]] * w[:, f, None]).T @ np.c_[M, Y[:, f]] for f in range(m)])
+    red = reduce(A, Layout(sizes, 2))
+    theta = rng.uniform(0.2, 2.0, size=(m, 3))
+    n_obs, p = w.sum(axis=0), np.full(m, 2.0)
+    _, g, hess = criterion(theta, red, n_obs, p, reml=reml, order=2)
+    h = 1e-5
+    for j in range(3):
+        tp, tm = theta.copy(), theta.copy()
+        tp[:, j] += h
+        tm[:, j] -= h
+        fp, gp, _ = criterion(tp, red, n_obs, p, reml=reml, order=1)
+        fm, gm, _ = criterion(tm, red, n_obs, p, reml=reml, order=1)
+        np.testing.assert_allclose(g[:, j], (fp - fm) / (2 * h), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(hess[:, :, j], (gp - gm) / (2 * h), rtol=1e-5, atol=1e-5)
+
+
 def test_count_classes_give_the_per_level_criterion(crossed):
     A, n = _crossed_cross_products(crossed[1], crossed[0])
     theta = np.array([[0.7, 1.3], [0.0, 0.4], [2.0, 0.0], [0.3, 0.3]])

@@ -210,16 +210,6 @@ def triangular_inverse(L: np.ndarray) -> np.ndarray:
     return X
 
 
-def _trace(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``tr(a b)`` for stacks of square matrices."""
-    return np.einsum("mij,mji->m", a, b)
-
-
-def _quad(u: np.ndarray, mat: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``u' mat v`` for stacks."""
-    return np.einsum("mi,mi->m", u, np.einsum("mij,mj->mi", mat, v))
-
-
 def criterion(
     theta: np.ndarray,
     red: Reduced,
@@ -288,52 +278,82 @@ def criterion(
     r2 = np.where(bad, 1.0, r2)
     w = (nu - 1.0) if reml else n_obs.astype(np.float64)
 
-    # First and second derivatives of Ω̃ and of ℓ.
+    # Every D_a of a remaining term a is E_a B + B'E_a (E_a: diagonal 0/1 of a's columns), so
+    # its traces against Kk reduce to block sums Σ_{i∈a, j∈b} X_ij = (E X E')_ab of a few
+    # products (C = B Kk, H = C B') instead of one dense product per term and pair.
+    # Sums run per feature along contiguous axes (never a GEMM across features, whose blocking
+    # would make the result depend on how many features share a chunk).
     E = np.zeros((k, dr))
     E[:, :qr] = rest_terms == np.arange(k)[:, None]
-    D = np.empty((k, m, dr, dr))
+    starts = np.searchsorted(rest_terms, np.arange(1, k))
+
+    def sums(x: np.ndarray) -> np.ndarray:
+        """``x E'``: ``(m, dr)`` → per-term sums ``(m, k)`` (0 for term 1)."""
+        out = np.zeros((m, k))
+        if k > 1:
+            out[:, 1:] = np.add.reduceat(x[:, :qr], starts, axis=1)
+        return out
+
+    def blocks(X: np.ndarray) -> np.ndarray:
+        """``E X E'``: ``(m, dr, dr)`` → per-pair block sums ``(m, k, k)``."""
+        out = np.zeros((m, k, k))
+        if k > 1:
+            rows = np.add.reduceat(X[:, :qr, :qr], starts, axis=1)
+            out[:, 1:, 1:] = np.add.reduceat(rows, starts, axis=2)
+        return out
+
+    C = B @ Kk
+    Bv = np.einsum("mij,mj->mi", B, v)
+    tr_D = 2.0 * sums(np.diagonal(C, axis1=1, axis2=2))  # tr(Kk D_a)
+    vDv = 2.0 * sums(v * Bv)  # v'D_a v
+    # D_a v = E_a B v + B'E_a v, stacked over terms.
+    Dv = E[:, None, :] * Bv[None] + np.einsum("mji,amj->ami", B, E[:, None, :] * v[None])
     d_ell = np.zeros((m, k))
     if k:
+        # Term 1 (eliminated): D_0 = −S W₁ S with W₁ = Σ s'_i a_i a_i'.
         sq = t1**2 * c
         s1 = 2.0 * t1 / den**2  # ∂s/∂θ₁
-        G1 = red.weighted(s1) * scale[:, None, :]  # (Σ s' G) S
-        D[0] = -G1 * scale[:, :, None]
+        G1 = red.weighted(s1) * scale[:, None, :]  # W₁ S
+        F = -G1 * scale[:, :, None]
+        Fv = np.einsum("mij,mj->mi", F, v)
+        tr_D[:, 0] = np.einsum("mij,mij->m", Kk, F)
+        vDv[:, 0] = np.einsum("mi,mi->m", Fv, v)
+        Dv[0] = Fv
         d_ell[:, 0] = (red.mult * 2.0 * t1 * c / den).sum(axis=1)
-    for a in range(1, k):
-        rows = E[a][None, :, None] * B
-        D[a] = rows + rows.transpose(0, 2, 1)
-
-    grad = np.empty((m, k))
-    Dv = np.einsum("amij,mj->ami", D, v)
-    vDv = np.einsum("ami,mi->am", Dv, v)
-    for a in range(k):
-        grad[:, a] = d_ell[:, a] + _trace(Kk, D[a]) + w * r2 * vDv[a]
+    grad = d_ell + tr_D + (w * r2)[:, None] * vDv
     grad[bad] = np.nan
     if order == 1:
         return crit, grad, None
 
-    KD = Kk @ D  # (k, m, dr, dr)
-    hess = np.empty((m, k, k))
-    for a in range(k):
-        for b in range(a, k):
-            if a == 0 and b == 0:
-                s2 = 2.0 * (1.0 - 3.0 * sq) / den**3
-                Dab = -red.weighted(s2) * scale[:, None, :] * scale[:, :, None]
-                extra = (red.mult * 2.0 * c * (1.0 - sq) / den**2).sum(axis=1)
-            elif a == 0:
-                rows = E[b][None, :, None] * G1
-                Dab, extra = -(rows + rows.transpose(0, 2, 1)), 0.0
-            else:
-                Dab = E[a][None, :, None] * A_t * E[b][None, None, :]
-                Dab, extra = Dab + Dab.transpose(0, 2, 1), 0.0
-            h = (
-                extra
-                + _trace(Kk, Dab)
-                - _trace(KD[a], KD[b])
-                + w * r2 * (_quad(v, Dab, v) - 2.0 * _quad(Dv[a], K, Dv[b]))
-                + w * r2**2 * vDv[a] * vDv[b]
-            )
-            hess[:, a, b] = hess[:, b, a] = h
+    H = C @ B.transpose(0, 2, 1)  # B Kk B'
+    tr_DD = 2.0 * blocks(C * C.transpose(0, 2, 1)) + 2.0 * blocks(Kk * H)  # tr(Kk D_a Kk D_b)
+    tr_D2 = 2.0 * blocks(Kk * A_t)  # tr(Kk D_ab), D_ab = E_a Ã E_b + E_b Ã E_a
+    Ev = E * v[:, None, :]
+    vD2v = 2.0 * Ev @ A_t @ Ev.transpose(0, 2, 1)  # v'D_ab v
+    extra = np.zeros((m, k, k))
+    if k:
+        # Pairs with term 1: D_00 = −S W₂ S, D_0b = −(E_b G₁ + G₁'E_b).
+        s2 = 2.0 * (1.0 - 3.0 * sq) / den**3
+        F2 = -red.weighted(s2) * scale[:, None, :] * scale[:, :, None]
+        FK = F @ Kk
+        tr_DD[:, 0, :] = tr_DD[:, :, 0] = 2.0 * sums(np.einsum("mij,mji->mi", C, FK))
+        tr_DD[:, 0, 0] = np.einsum("mij,mji->m", FK, FK)
+        tr_D2[:, 0, :] = tr_D2[:, :, 0] = -2.0 * sums((G1 * Kk).sum(axis=2))
+        tr_D2[:, 0, 0] = np.einsum("mij,mij->m", Kk, F2)
+        G1v = np.einsum("mij,mj->mi", G1, v)
+        vD2v[:, 0, :] = vD2v[:, :, 0] = -2.0 * sums(v * G1v)
+        vD2v[:, 0, 0] = np.einsum("mi,mij,mj->m", v, F2, v)
+        extra[:, 0, 0] = (red.mult * 2.0 * c * (1.0 - sq) / den**2).sum(axis=1)
+    KDv = np.einsum("mij,amj->ami", K, Dv)
+    cross = np.einsum("ami,bmi->mab", Dv, KDv)  # (D_a v)'K(D_b v)
+    wr2 = (w * r2)[:, None, None]
+    hess = (
+        extra
+        + tr_D2
+        - tr_DD
+        + wr2 * (vD2v - 2.0 * cross)
+        + wr2 * r2[:, None, None] * vDv[:, :, None] * vDv[:, None, :]
+    )
     hess[bad] = np.nan
     return crit, grad, hess
 

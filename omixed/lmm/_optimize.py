@@ -19,8 +19,8 @@ import numpy as np
 
 __all__ = ["OptSummary", "minimize"]
 
-# Step lengths of the line search: the full step, then three batches of halvings down to 2⁻³⁹.
-_LADDERS = (np.ones(1), *(0.5 ** np.arange(1 + 13 * i, 14 + 13 * i) for i in range(3)))
+# Backtracking below the interpolated step: three batches of halvings, down to 2⁻³⁹ of it.
+_LADDERS = tuple(0.5 ** np.arange(1 + 13 * i, 14 + 13 * i) for i in range(3))
 
 _AT_ZERO = 1e-8
 
@@ -95,37 +95,64 @@ def minimize(
     for _ in range(max_iter):
         if active.size == 0:
             break
-        th, fa, ga, fx = theta[active], f[active], g[active], fixed[active]
+        step, at_bound = _newton_direction(
+            theta[active], g[active], hess[active], fixed[active], lower
+        )
+        # Converged where the Newton model predicts no further progress: a step below xtol
+        # that would lower the criterion by less than ftol.  Near the optimum Newton's model
+        # is exact to second order, so this saves the evaluation that would confirm it.
+        predicted = -0.5 * np.einsum("ij,ij->i", g[active], step)
+        there = (predicted <= ftol * (1.0 + np.abs(f[active]))) & (
+            np.abs(step).max(axis=1) <= xtol * (1.0 + np.abs(theta[active]).max(axis=1))
+        )
+        converged[active[there]] = True
+        active, step, at_bound = active[~there], step[~there], at_bound[~there]
+        if active.size == 0:
+            break
+        th, fa, ga = theta[active], f[active], g[active]
         n_iter[active] += 1
-        step, at_bound = _newton_direction(th, ga, hess[active], fx, lower)
 
         # Backtracking line search along the projected path, all features together: the full
-        # step to second order (it usually is the next iterate), then, for the features that
-        # need it, ladders of halvings by criterion only, each ladder in one batch.
+        # step to second order (it usually is the next iterate); where it fails, the minimizer
+        # of the quadratic through f(0), f'(0) and f(1), also to second order; then, for the
+        # few features that still need it, ladders of halvings by criterion only.
         new_th, new_f, new_g, new_h = th.copy(), fa.copy(), ga.copy(), hess[active]
         pending = np.arange(active.size)
-        for t in _LADDERS:
-            r = pending.size
-            trial = np.maximum(th[pending, None, :] + t[:, None] * step[pending, None, :], lower)
-            trial = trial.reshape(r * t.size, k)
-            ft, gt, ht = objective(
-                trial, np.repeat(active[pending], t.size), 2 if t.size == 1 else 0
-            )
-            n_eval[active[pending]] += t.size
-            base = np.repeat(th[pending], t.size, axis=0)
-            decrease = np.einsum("ij,ij->i", np.repeat(ga[pending], t.size, axis=0), trial - base)
-            bound = np.repeat(fa[pending], t.size) + 1e-4 * np.minimum(decrease, 0.0)
-            accept = (np.isfinite(ft) & (ft <= bound)).reshape(r, t.size)
+        slope = np.einsum("ij,ij->i", ga, step)  # f'(0) along the unprojected step
+        t = np.ones((active.size, 1))
+        for stage in range(len(_LADDERS) + 2):
+            r, n_t = t.shape
+            second = n_t == 1
+            trial = np.maximum(th[pending, None, :] + t[:, :, None] * step[pending, None, :], lower)
+            trial = trial.reshape(r * n_t, k)
+            ft, gt, ht = objective(trial, np.repeat(active[pending], n_t), 2 if second else 0)
+            n_eval[active[pending]] += n_t
+            base = np.repeat(th[pending], n_t, axis=0)
+            decrease = np.einsum("ij,ij->i", np.repeat(ga[pending], n_t, axis=0), trial - base)
+            bound = np.repeat(fa[pending], n_t) + 1e-4 * np.minimum(decrease, 0.0)
+            accept = (np.isfinite(ft) & (ft <= bound)).reshape(r, n_t)
             found = accept.any(axis=1)
-            pick = np.flatnonzero(found) * t.size + np.argmax(accept[found], axis=1)  # longest
+            pick = np.flatnonzero(found) * n_t + np.argmax(accept[found], axis=1)  # longest
             done = pending[found]
             new_th[done], new_f[done] = trial[pick], ft[pick]
-            if t.size == 1:
+            if second:
                 new_g[done], new_h[done] = gt[pick], ht[pick]
             elif done.size:
                 _, new_g[done], new_h[done] = objective(trial[pick], active[done], 2)
                 n_eval[active[done]] += 1
-            pending = pending[~found]
+            retry = ~found
+            if stage == 0:
+                # f(1) failed: the quadratic's minimizer, kept within [0.1, 0.5] of the step.
+                curv = np.where(np.isfinite(ft), ft, np.inf)[retry] - fa[pending[retry]]
+                curv -= slope[pending[retry]]
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    t_min = -slope[pending[retry]] / (2.0 * curv)
+                length = np.clip(np.nan_to_num(t_min, nan=0.1), 0.1, 0.5)
+                t = length[:, None]
+            elif stage <= len(_LADDERS):
+                length = length[retry]
+                t = length[:, None] * _LADDERS[stage - 1][None, :]
+            pending = pending[retry]
             if pending.size == 0:
                 break
 
