@@ -15,6 +15,7 @@ from ._optimize import minimize
 from ._result import LMMResult
 from ._spec import ModelSpec, aliased_mask, build_spec
 from ._spectral import Spectral, spectral_fit
+from ._starts import moment_starts
 
 __all__ = ["fit"]
 
@@ -456,7 +457,11 @@ def _fit_chunk(
             starts = np.where(np.isfinite(lower), np.array(_STARTS)[:, None, None], 0.0)
             starts = np.broadcast_to(starts, (len(_STARTS), general.size, k))
             if design.dense is None:
-                opt = minimize(objective, starts, fixed[sub_rows], lower=lower)
+                # Moment estimates first: usually the best start, by far (see _starts).
+                moments = moment_starts(A_ok[general], layout, n_g)[None]
+                opt = minimize(
+                    objective, np.concatenate([moments, starts]), fixed[sub_rows], lower=lower
+                )
             else:
                 # Correlated terms can have several local optima: descend from every start
                 # (and a negative correlation) and keep the best end point.
