@@ -95,10 +95,6 @@ def fit_grouped(
     unknown = sorted(set(values[unit].astype(str)) - set(design.index.astype(str)))
     if unknown:
         raise ValueError(f"{len(unknown)} {unit}(s) missing from the design, e.g. {unknown[:5]}")
-    if values.duplicated([feature, unit, local]).any():
-        dup = values[values.duplicated([feature, unit, local], keep=False)].head(3)
-        raise ValueError(f"duplicated ({feature}, {unit}, {local}) rows, e.g.\n{dup}")
-
     features = pd.Index(pd.unique(values[feature]))
     blocks, positions = bucket_problems(
         values, design, feature=feature, unit=unit, local=local, value=value
@@ -125,34 +121,60 @@ def bucket_problems(
     """Bucket features by their number of local levels: one (members, Y, data) problem each.
 
     Returns a generator of the problems (rows = units × local positions ``0 .. P-1``, missing
-    rows NaN, so padding is exact) and the table of every feature's local positions.
+    rows NaN, so padding is exact) and the table of every feature's local positions (in order of
+    first appearance within the feature).  Raises if a (feature, unit, local) cell repeats.
     """
     design = design.copy()
     design.index = design.index.astype(str)
-    positions = (
-        values[[feature, local]]
-        .drop_duplicates()
-        .assign(position=lambda d: d.groupby(feature, sort=False).cumcount())
-    )
-    long = values.merge(positions, on=[feature, local])
-    n_local = positions.groupby(feature, sort=False)["position"].max() + 1
     units = design.index
-    unit_pos = pd.Series(np.arange(len(units)), index=units)
-    distinct, counts = np.unique(n_local.to_numpy(), return_counts=True)
+    f_code, features = pd.factorize(values[feature], sort=False)
+    l_code, _ = pd.factorize(values[local], sort=False)
+    u_code = units.get_indexer(values[unit].astype(str))
+    for name, code in ((feature, f_code), (local, l_code), (unit, u_code)):
+        if (code < 0).any():
+            raise ValueError(f"column {name!r} has missing values or units not in the design")
+    # Each (feature, local) pair once, in order of first appearance; its position is its rank
+    # among its feature's pairs.
+    pair, _ = pd.factorize(f_code.astype(np.int64) * (l_code.max() + 1) + l_code)
+    first_row = np.unique(pair, return_index=True)[1]
+    pair_feature = f_code[first_row]
+    n_local = np.bincount(pair_feature, minlength=features.size)
+    starts = np.concatenate([[0], np.cumsum(n_local)[:-1]])
+    rank = np.empty(first_row.size, dtype=np.int64)
+    rank[np.argsort(pair_feature, kind="stable")] = np.arange(first_row.size) - np.repeat(
+        starts, n_local
+    )
+    position = rank[pair]
+    cell = pair.astype(np.int64) * units.size + u_code
+    if np.unique(cell).size < cell.size:
+        dup = values[pd.Series(cell).duplicated(keep=False).to_numpy()].head(3)
+        raise ValueError(f"duplicated ({feature}, {unit}, {local}) rows, e.g.\n{dup}")
+    is_first = np.zeros(len(values), dtype=bool)
+    is_first[first_row] = True
+    positions = pd.DataFrame(
+        {
+            feature: values[feature].to_numpy()[is_first],
+            local: values[local].to_numpy()[is_first],
+            "position": position[is_first],
+        }
+    )
+    distinct, counts = np.unique(n_local, return_counts=True)
+    y = values[value].to_numpy(dtype=np.float64)
 
     def problems():
         lower = 0
         for size in _buckets(distinct, counts):
-            members = n_local.index[(n_local > lower) & (n_local <= size)]
+            chosen = (n_local > lower) & (n_local <= size)
             lower = size
-            sub = long[long[feature].isin(members)]
-            col = members.get_indexer(sub[feature])
-            row = unit_pos.loc[sub[unit].astype(str)].to_numpy() * size + sub["position"].to_numpy()
-            Y = np.full((len(units) * size, len(members)), np.nan)
-            Y[row, col] = sub[value].to_numpy(dtype=np.float64)
-            data = design.loc[np.repeat(units, size)].reset_index(drop=True)
+            members = pd.Index(features[chosen], name=None)
+            column = np.full(features.size, -1)
+            column[chosen] = np.arange(chosen.sum())
+            rows = chosen[f_code]
+            Y = np.full((units.size * size, members.size), np.nan)
+            Y[u_code[rows] * size + position[rows], column[f_code[rows]]] = y[rows]
+            data = design.iloc[np.repeat(np.arange(units.size), size)].reset_index(drop=True)
             data[unit] = np.repeat(units, size)
-            data[local] = pd.Categorical(np.tile(np.arange(size).astype(str), len(units)))
+            data[local] = pd.Categorical(np.tile(np.arange(size).astype(str), units.size))
             yield members, Y, data
 
     return problems(), positions
