@@ -320,3 +320,19 @@ def test_single_sample_batch_and_numeric_grouping():
     with pytest.warns(UserWarning, match="numeric column 'plate' is used as a grouping factor"):
         res = lmm.fit(Y, design, "~ condition + (1|plate)")
     assert list(res.blup["plate"].columns) == ["1.0", "2.0", "3.0"]
+
+
+def test_grouped_fit_rejects_repeated_cells_and_unknown_units():
+    long = pd.DataFrame(
+        {
+            "feature": ["P1"] * 4,
+            "sample": ["s1", "s2", "s1", "s1"],
+            "peptide": ["a", "a", "b", "b"],
+            "y": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    design = pd.DataFrame({"batch": ["x", "y"]}, index=["s1", "s2"])
+    with pytest.raises(ValueError, match=r"duplicated \(feature, sample, peptide\)"):
+        lmm.fit_grouped(long, design, "~ 1 + (1|peptide)")
+    with pytest.raises(ValueError, match="missing from the design"):
+        lmm.fit_grouped(long.assign(sample="s9"), design, "~ 1 + (1|peptide)")
