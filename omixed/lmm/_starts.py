@@ -10,17 +10,19 @@ ANOVA on the ordinary least-squares residuals ``r = y − Xβ̂``, ignoring the 
     σ̂²_w,g = (RSS − SSB_g) / (n − L_g − p + 1)
     σ̂²_g  = max(0, SSB_g / (L_g − 1) − σ̂²_w,g) / n₀,   n₀ = (n − Σ_l c_l² / n) / (L_g − 1)
 
-with ``L_g`` observed levels.  The within-level variance of each one-way fit still holds the
-other terms' variance, so the smallest one estimates the residual variance σ̂² and the start is
-``θ_g = σ̂_g / σ̂``.  Everything is per feature from ``A`` (no pass over the data), in a few
-vectorized operations; it is only a start, and the optimizer also tries the usual ones.
+with ``L_g`` observed levels.  Those within-level variances still hold the other terms'
+variance, so the residual variance comes from the model with every term fixed instead (the
+first step of Henderson's method III): ``σ̂² = RSS_full / (n − rank[Z X])``, read off one
+Cholesky factor of the correlation-scaled ``A`` (pivots of aliased columns vanish).  The start
+is ``θ_g = σ̂_g / σ̂``.  Everything is per feature from ``A`` (no pass over the data); it is
+only a start, and the optimizer also tries the usual ones.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._objective import Layout
+from ._objective import Layout, _batched_cholesky
 
 __all__ = ["moment_starts"]
 
@@ -40,7 +42,7 @@ def moment_starts(A: np.ndarray, layout: Layout, n_obs: np.ndarray) -> np.ndarra
     counts = np.diagonal(A[:, :q, :q], axis1=1, axis2=2)
     n = np.asarray(n_obs, dtype=np.float64)
     offsets = np.concatenate([[0], np.cumsum(layout.sizes)]).astype(int)
-    between, within = np.empty((m, k)), np.empty((m, k))
+    between = np.empty((m, k))
     with np.errstate(divide="ignore", invalid="ignore"):
         for g in range(k):
             cols = slice(offsets[g], offsets[g + 1])
@@ -49,9 +51,19 @@ def moment_starts(A: np.ndarray, layout: Layout, n_obs: np.ndarray) -> np.ndarra
             seen = c > 0
             levels = seen.sum(axis=1)
             ssb = np.where(seen, sums**2 / np.where(seen, c, 1.0), 0.0).sum(axis=1)
-            within[:, g] = (rss - ssb) / (n - levels - p + 1)
+            within = (rss - ssb) / (n - levels - p + 1)
             n0 = (n - (c**2).sum(axis=1) / n) / (levels - 1)
-            between[:, g] = np.maximum(ssb / (levels - 1) - within[:, g], 0.0) / n0
-        residual = np.min(np.where(within > 0, within, np.inf), axis=1)
-        theta = np.sqrt(between / residual[:, None])
+            between[:, g] = np.maximum(ssb / (levels - 1) - within, 0.0) / n0
+        theta = np.sqrt(between / _residual_variance(A, n)[:, None])
     return np.where(np.isfinite(theta), theta, 1.0)
+
+
+def _residual_variance(A: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """``RSS / (n − rank)`` of the response on all columns of ``A`` (random terms as fixed)."""
+    d = A.shape[1] - 1
+    scale = np.sqrt(np.maximum(np.diagonal(A, axis1=1, axis2=2), 1e-300))
+    corr = A / scale[:, :, None] / scale[:, None, :]
+    corr[:, np.arange(d), np.arange(d)] += 1e-9  # aliased columns get pivots ~3e-5, not 0
+    pivots = np.diagonal(_batched_cholesky(corr)[0], axis1=1, axis2=2)  # NaN if it fails
+    rank = (pivots[:, :d] > 1e-3).sum(axis=1)
+    return (pivots[:, -1] * scale[:, -1]) ** 2 / (n - rank)
