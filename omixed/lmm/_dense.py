@@ -1,31 +1,102 @@
 """The profiled criterion for correlated (vector-valued) random terms such as ``(x|g)``.
 
+It is minimized by :func:`minimize_dense` (several starts, see there).
+
 Notation as in :mod:`._objective`, with ``Λ`` no longer diagonal: a correlated term with
-components ``a = 1..k`` (intercept, slopes) has a lower-triangular ``T`` (``k × k``) and
+components ``a = 1..b`` (intercept, slopes) has a lower-triangular ``T`` (``b × b``) and
 ``b_{l,a} = Σ_{c ≤ a} T_ac u_{l,c}`` for every level ``l``.  Its parameters are the diagonal
 ``T_aa ≥ 0`` (one per component, like a scalar term's θ) and the free off-diagonals ``T_ac``.
 With ``S = blockdiag(Λ, I_p, 1)`` (``S[r, c] = θ_j`` for the entries ``(r, c)`` of parameter
-``j``) and ``Ω = S'AS + diag(I_q, 0, 0)``, the criterion comes from the Cholesky factor of
-``Ω`` exactly as before.  The gradient follows from ``∂Ω/∂θ_j = E_j'AS + S'AE_j``
-(``E_j = ∂S/∂θ_j``): ``∂ log|Ω_[k]| = 2 Σ_{(r,c)∈j} (K_k S'A)_cr`` and
-``∂ log r² = 2 r² Σ_{(r,c)∈j} (ASv)_r v_c``; the Hessian from forward differences of it.
-There is no block elimination here: the whole ``(q+p+1)``-square system is factored.
+``j``) the criterion comes from ``Ω = S'AS + diag(I_q, 0, 0)`` exactly as in :mod:`._objective`
+(:func:`lambda_matrix` builds ``S``; :mod:`._inference` differentiates that unreduced ``Ω``).
+
+Block elimination.  The correlated term with the most levels ("term 1") is eliminated level by
+level.  Its rows of ``Z`` belong to one level each, so ``Z₁'WZ₁`` is block diagonal with a
+``b × b`` block ``C_l`` per level, and so is term 1's block of ``Ω``: ``M_l = T'C_l T + I``.
+With ``B_l = A_{l,r}`` (term 1's rows at level ``l`` against the ``dr`` remaining columns: the
+other random terms, ``X`` and ``y``), ``N_l = M_l⁻¹``, ``G_l = T N_l`` and ``P_l = T N_l T'``::
+
+    log|Ω_[k]| = ℓ + log|Ω̃_[k']|,   ℓ = Σ_l log|M_l|,   Ω̃ = S_r'ÃS_r + diag(I_qr, 0, 0),
+    Ã = A_rr − Σ_l B_l' P_l B_l,
+
+and ``r²`` is the last pivot of ``Ω̃``.  ``M_l = R_l R_l'`` (Cholesky, ``b × b``, ``M_l ≥ I``)
+gives ``ℓ = 2 Σ log diag R_l`` and ``P_l = W_l W_l'`` with ``W_l = T R_l⁻ᵀ``, so ``Ã`` is ``A_rr``
+minus one Gram matrix.  Every evaluation is then per-level ``b × b`` algebra plus the Cholesky
+factor of the small ``dr``-square ``Ω̃`` (``p + 1`` for ``(x|g)`` alone).
+
+Derivatives.  As in :mod:`._objective`, with ``D_a = ∂Ω̃/∂θ_a``, ``D_ab = ∂²Ω̃/∂θ_a∂θ_b``,
+``K = Ω̃⁻¹``, ``Kₖ`` the zero-padded inverse of the leading block and ``v = K e_last``::
+
+    ∂_a     = ℓ_a  + tr(Kₖ D_a) + w r² v'D_a v
+    ∂_a∂_b  = ℓ_ab + tr(Kₖ D_ab) − tr(Kₖ D_a Kₖ D_b)
+              + w r² (v'D_ab v − 2 (D_a v)'K(D_b v)) + w r⁴ (v'D_a v)(v'D_b v).
+
+A parameter of term 1 is one entry of ``T``, ``∂T/∂θ_a = e_i e_j'``; per level, with
+``Q = I − PC`` (subscripts ``·_{:i}`` are columns)::
+
+    ∂_a P  = Q_{:i} G_{:j}' + G_{:j} Q_{:i}'
+    ∂_ab P = sym(N_jh Q_{:i} Q_{:k}' − (CQ)_ik G_{:h} G_{:j}' − (CG)_ih Q_{:k} G_{:j}'
+                 − (CG)_kj Q_{:i} G_{:h}')                         for b = (k, h)
+    ℓ_a    = 2 Σ_l (CG)_ij,     ℓ_ab = 2 Σ_l (N_jh (CQ)_ik − (CG)_ih (CG)_kj)
+
+(``sym(X) = X + X'``), so ``∂Ã = −Σ_l B_l'(∂P_l)B_l`` is a sum of products of the columns of
+``U_l = B_l'Q_l`` and ``V_l = B_l'G_l``, and ``D_a = S_r'(∂_aÃ)S_r``.  For two parameters of term
+1, ``D_ab`` is never formed: with ``H = S_r(Kₖ + w r² v v')S_r'`` the terms it enters are::
+
+    ℓ_ab + tr(Kₖ D_ab) + w r² v'D_ab v = 2 Σ_l (N_jh (CQ − U'HU)_ik + (CQ)_ik (V'HV)_hj
+                                               + (CG)_ih (U'HV − CG)_kj + (CG)_kj (U'HV)_ih),
+
+a ``b⁴`` table per feature from the per-level ``2b``-square ``[U V]'H[U V]``.  The other terms'
+parameters enter linearly through ``S_r`` (``∂S_r/∂θ_a = E_a``): ``D_a = E_a'ÃS_r + S_r'ÃE_a``,
+``D_ab = E_a'ÃE_b + E_b'ÃE_a``, and for ``a`` in term 1, ``b`` not, ``D_ab = E_b'(∂_aÃ)S_r +
+S_r'(∂_aÃ)E_b``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from functools import cached_property
 
 import numpy as np
 
-from ._objective import factor_criterion
+from ._objective import factor_criterion, triangular_inverse
+from ._optimize import _AT_ZERO, Objective, OptSummary, minimize
 
-__all__ = ["DenseLayout", "dense_criterion", "lambda_matrix"]
+__all__ = [
+    "DenseLayout",
+    "DenseReduced",
+    "dense_criterion",
+    "dense_estimates",
+    "lambda_matrix",
+    "minimize_dense",
+    "reduce_dense",
+    "term_factor",
+]
 
 
 @dataclass(frozen=True)
+class _Elimination:
+    """Term 1's parameters as entries of ``T`` and the others' entries in the reduced system."""
+
+    rest: np.ndarray  # (dr,) columns of A left after eliminating term 1 (response last)
+    qr: int  # random-effect columns among them
+    t_param: np.ndarray  # θ index of each parameter of term 1 ...
+    t_i: np.ndarray  # ... and its entry (t_i, t_j) of T
+    t_j: np.ndarray
+    r_param: np.ndarray  # θ index of each other parameter ...
+    r_entries: tuple[tuple[np.ndarray, np.ndarray], ...]  # ... and its (rows, cols) of S_r
+    r_rows: np.ndarray  # all entries of S_r's random block: rows, cols and θ index
+    r_cols: np.ndarray
+    r_which: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
 class DenseLayout:
-    """Where each parameter sits in ``S``: entries ``(rows[i], cols[i])`` hold ``θ[which[i]]``."""
+    """Where each parameter sits in ``S``: entries ``(rows[i], cols[i])`` hold ``θ[which[i]]``.
+
+    ``levels[l, a]`` is the column of ``A`` of term 1's component ``a`` at level ``l`` (the
+    correlated term eliminated level by level, see the module notes).
+    """
 
     q: int
     p: int
@@ -33,6 +104,7 @@ class DenseLayout:
     cols: np.ndarray
     which: np.ndarray
     lower: np.ndarray  # per parameter: 0 for a diagonal (an SD), -inf for an off-diagonal
+    levels: np.ndarray
 
     @property
     def dim(self) -> int:
@@ -41,6 +113,43 @@ class DenseLayout:
     @property
     def n_theta(self) -> int:
         return self.lower.size
+
+    @cached_property
+    def column_of(self) -> np.ndarray:
+        """Per parameter: for an off-diagonal ``T_ac``, the parameter ``T_cc``; -1 otherwise."""
+        out = np.full(self.n_theta, -1)
+        for e in np.flatnonzero(~np.isfinite(self.lower)):
+            c = self.cols[self.which == e][0]
+            out[e] = self.which[(self.rows == c) & (self.cols == c)][0]
+        return out
+
+    @cached_property
+    def elimination(self) -> _Elimination:
+        n_levels, b = self.levels.shape
+        component = np.full(self.dim, -1)
+        component[self.levels] = np.arange(b)
+        kept = np.ones(self.dim, dtype=bool)
+        kept[self.levels.ravel()] = False
+        rest = np.flatnonzero(kept)
+        position = np.cumsum(kept) - 1  # index in the reduced system of a kept column
+        in_t = component[self.rows] >= 0
+        t_param = np.unique(self.which[in_t])
+        first = np.array([np.flatnonzero(self.which == j)[0] for j in t_param], dtype=int)
+        r_param = np.unique(self.which[~in_t])
+        rows, cols = position[self.rows[~in_t]], position[self.cols[~in_t]]
+        which = self.which[~in_t]
+        return _Elimination(
+            rest,
+            self.q - n_levels * b,
+            t_param,
+            component[self.rows[first]],
+            component[self.cols[first]],
+            r_param,
+            tuple((rows[which == j], cols[which == j]) for j in r_param),
+            rows,
+            cols,
+            which,
+        )
 
 
 def lambda_matrix(theta: np.ndarray, layout: DenseLayout) -> np.ndarray:
@@ -53,57 +162,352 @@ def lambda_matrix(theta: np.ndarray, layout: DenseLayout) -> np.ndarray:
     return S
 
 
+def term_factor(theta: np.ndarray, layout: DenseLayout, first: np.ndarray) -> np.ndarray:
+    """``Λ`` restricted to the terms' first levels, ``(m, G, G)`` (``first``: their columns).
+
+    A row of ``Λ`` at a term's first level is non-zero only in the first-level columns of its
+    own correlated term, so ``ΛΛ'`` there is the terms' relative (co)variance matrix.
+    """
+    pos = np.full(layout.dim, -1)
+    pos[first] = np.arange(first.size)
+    keep = (pos[layout.rows] >= 0) & (pos[layout.cols] >= 0)
+    F = np.zeros((theta.shape[0], first.size, first.size))
+    F[:, pos[layout.rows[keep]], pos[layout.cols[keep]]] = theta[:, layout.which[keep]]
+    return F
+
+
+@dataclass(frozen=True)
+class DenseReduced:
+    """The θ-independent pieces of the eliminated criterion (see the module notes).
+
+    ``A`` is ``A_rr`` ``(m, dr, dr)``; ``C`` holds term 1's level blocks ``C_l`` as ``(b, b, m,
+    L)`` and ``B`` their rows ``B_l`` against the remaining columns as ``(b, dr, m, L)``.  The
+    features and levels come last: a product of the small per-level matrices is then a few
+    vectorized operations over all of them instead of one tiny matrix product each.
+    """
+
+    A: np.ndarray
+    C: np.ndarray
+    B: np.ndarray
+
+    def take(self, rows: np.ndarray) -> DenseReduced:
+        if rows.size == self.A.shape[0] and np.array_equal(rows, np.arange(rows.size)):
+            return self
+        # np.take keeps the copies C-contiguous (fancy indexing of a middle axis would not).
+        return DenseReduced(self.A[rows], self.C.take(rows, axis=2), self.B.take(rows, axis=2))
+
+
+def reduce_dense(A: np.ndarray, layout: DenseLayout) -> DenseReduced:
+    """Split the cross-products ``A`` into ``A_rr``, term 1's blocks ``C_l`` and rows ``B_l``."""
+    lv, rest = layout.levels.T, layout.elimination.rest  # lv[a, l]: component a at level l
+    return DenseReduced(
+        np.ascontiguousarray(A[:, rest[:, None], rest[None, :]]),
+        np.ascontiguousarray(A[:, lv[:, None, :], lv[None, :, :]].transpose(1, 2, 0, 3)),
+        np.ascontiguousarray(A[:, lv[:, None, :], rest[None, :, None]].transpose(1, 2, 0, 3)),
+    )
+
+
+def _t(X: np.ndarray) -> np.ndarray:
+    """Transpose of level-last matrices ``(b, c, ...)``."""
+    return X.swapaxes(0, 1)
+
+
+def _mm(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Products of level-last matrices: ``(a, c, ...) × (c, b, ...) → (a, b, ...)``."""
+    return np.einsum("ac...,cb...->ab...", X, Y)
+
+
+def _small_cholesky(M: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factors of level-last positive definite matrices ``(b, b, ...)``."""
+    b = M.shape[0]
+    R = np.zeros_like(M)
+    for j in range(b):
+        R[j, j] = np.sqrt(M[j, j] - (R[j, :j] ** 2).sum(axis=0))
+        for i in range(j + 1, b):
+            R[i, j] = (M[i, j] - (R[i, :j] * R[j, :j]).sum(axis=0)) / R[j, j]
+    return R
+
+
+def _small_lower_inverse(R: np.ndarray) -> np.ndarray:
+    """Inverses of level-last lower-triangular matrices ``(b, b, ...)``."""
+    b = R.shape[0]
+    X = np.zeros_like(R)
+    for i in range(b):
+        X[i, i] = 1.0 / R[i, i]
+        for j in range(i):
+            X[i, j] = -(R[i, j:i] * X[j:i, j]).sum(axis=0) * X[i, i]
+    return X
+
+
+@dataclass
+class _State:
+    """The eliminated system at θ (see the module notes); per-level arrays ``(b, b, m, L)``."""
+
+    T: np.ndarray  # (b, b, m, 1)
+    Rinv: np.ndarray  # R_l⁻¹
+    W: np.ndarray  # T R_l⁻ᵀ
+    ell: np.ndarray  # (m,): Σ_l log|M_l|
+    A_t: np.ndarray  # (m, dr, dr): Ã
+    S: np.ndarray  # (m, dr, dr): S_r
+    Om: np.ndarray  # (m, dr, dr): S_r'ÃS_r (without the identity)
+
+
+def _state(theta: np.ndarray, red: DenseReduced, layout: DenseLayout) -> _State:
+    el = layout.elimination
+    m, dr = red.A.shape[:2]
+    n_levels, b = layout.levels.shape
+    T = np.zeros((b, b, m, 1))
+    T[el.t_i, el.t_j, :, 0] = theta[:, el.t_param].T
+    M = _mm(_t(T), _mm(red.C, T))
+    M[np.arange(b), np.arange(b)] += 1.0
+    R = _small_cholesky(M)
+    Rinv = _small_lower_inverse(R)
+    W = _mm(T, _t(Rinv))
+    # Sums along the contiguous level axis only: the same order for any number of features.
+    ell = sum(2.0 * np.log(R[a, a]).sum(axis=-1) for a in range(b))
+    Y = _mm(_t(W), red.B)  # W'B: Σ_l B'PB = Y'Y
+    Y = Y.transpose(2, 1, 0, 3).reshape(m, dr, b * n_levels)
+    A_t = red.A - Y @ Y.swapaxes(1, 2)
+    S = np.zeros((m, dr, dr))
+    idx = np.arange(el.qr, dr)
+    S[:, idx, idx] = 1.0
+    S[:, el.r_rows, el.r_cols] = theta[:, el.r_which]
+    return _State(T, Rinv, W, ell, A_t, S, _tr(S) @ A_t @ S)
+
+
+def _tr(a: np.ndarray) -> np.ndarray:
+    """Transpose of the last two axes."""
+    return np.swapaxes(a, -1, -2)
+
+
+def _scatter_rows(X: np.ndarray, entries: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``E'X`` for ``E`` with ones at ``(rows, cols)`` (distinct columns): a row scatter."""
+    rows, cols = entries
+    out = np.zeros_like(X)
+    out[:, cols, :] = X[:, rows, :]
+    return out
+
+
+def _sym(X: np.ndarray) -> np.ndarray:
+    return X + _tr(X)
+
+
+def _trace(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``tr(a b)`` for stacks of square matrices."""
+    return np.einsum("mij,mji->m", a, b)
+
+
+def _quad(u: np.ndarray, mat: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``u' mat v`` for stacks."""
+    return np.einsum("mi,mi->m", u, np.einsum("mij,mj->mi", mat, v))
+
+
 def dense_criterion(
     theta: np.ndarray,
-    A: np.ndarray,
+    red: DenseReduced,
     n_obs: np.ndarray,
     p_eff: np.ndarray,
     layout: DenseLayout,
     *,
     reml: bool = True,
     order: int = 0,
-    fd_step: float = 1e-6,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Criterion, gradient and (finite-difference) Hessian in θ; see the module notes."""
-    crit, grad = _criterion_and_gradient(theta, A, n_obs, p_eff, layout, reml, order >= 1)
-    if order < 2:
-        return crit, grad, None
-    m, k = theta.shape
-    hess = np.empty((m, k, k))
-    for j in range(k):
-        h = fd_step * np.maximum(1.0, np.abs(theta[:, j]))
-        shifted = theta.copy()
-        shifted[:, j] += h
-        _, gj = _criterion_and_gradient(shifted, A, n_obs, p_eff, layout, reml, True)
-        hess[:, :, j] = (gj - grad) / h[:, None]
-    return crit, grad, 0.5 * (hess + hess.transpose(0, 2, 1))
+    """Profiled criterion and, for ``order`` ≥ 1 / 2, its gradient and Hessian in θ.
 
+    Parameters
+    ----------
+    theta
+        ``(m, n_theta)``: the terms' SDs, then the off-diagonals (the layout's order).
+    red
+        The reduced cross-products from :func:`reduce_dense`.
+    n_obs, p_eff
+        Observations and estimable fixed effects per feature.
+    layout
+        The correlated terms' layout.
+    reml
+        REML criterion if true, else the ML deviance.
+    order
+        0: criterion only; 1: also the gradient; 2: also the Hessian.
 
-def _criterion_and_gradient(theta, A, n_obs, p_eff, layout: DenseLayout, reml: bool, gradient):
-    q, dim = layout.q, layout.dim
-    S = lambda_matrix(np.asarray(theta, dtype=np.float64), layout)
-    AS = A @ S
-    Om = S.transpose(0, 2, 1) @ AS
-    crit, L, r2, bad = factor_criterion(Om, q, np.zeros(A.shape[0]), n_obs, p_eff, reml)
-    nu = n_obs - p_eff
-    if not gradient:
-        return crit, None
+    Returns
+    -------
+    The criterion per feature (``inf`` where the system is not positive definite), the gradient
+    and the Hessian (``None`` when not asked for; NaN where the criterion is ``inf``).
+    """
+    el = layout.elimination
+    theta = np.asarray(theta, dtype=np.float64)
+    st = _state(theta, red, layout)
+    m, dr = red.A.shape[:2]
+    qr, k = el.qr, layout.n_theta
+    crit, L, r2, bad = factor_criterion(st.Om.copy(), qr, st.ell, n_obs, p_eff, reml)
+    if order == 0:
+        return crit, None, None
 
-    Linv = np.linalg.inv(np.where(bad[:, None, None], np.eye(dim), L))
-    K = Linv.transpose(0, 2, 1) @ Linv
-    k = dim if reml else q  # the leading block whose log-determinant enters the criterion
-    Kk = np.zeros_like(K)
-    Kk[:, :k, :k] = Linv[:, :k, :k].transpose(0, 2, 1) @ Linv[:, :k, :k]
+    Linv = triangular_inverse(np.where(bad[:, None, None], np.eye(dr), L))
+    K = _tr(Linv) @ Linv  # Ω̃⁻¹
+    if reml:
+        Kk = K
+    else:
+        Kk = np.zeros_like(K)
+        Kk[:, :qr, :qr] = _tr(Linv[:, :qr, :qr]) @ Linv[:, :qr, :qr]
     v = K[:, :, -1]
     r2 = np.where(bad, 1.0, r2)
-    weight = (nu - 1.0) if reml else n_obs.astype(np.float64)
-    P = Kk @ AS.transpose(0, 2, 1)  # K_k S'A
-    ASv = np.einsum("mij,mj->mi", AS, v)
-    entries = 2.0 * P[:, layout.cols, layout.rows] + weight[:, None] * 2.0 * r2[:, None] * (
-        ASv[:, layout.rows] * v[:, layout.cols]
+    w = (n_obs - p_eff - 1.0) if reml else n_obs.astype(np.float64)
+
+    # Term 1's pieces per level: N, G = TN, Q = I − PC, U = B'Q, V = B'G (module notes).
+    C = red.C
+    b = C.shape[0]
+    N = _mm(_t(st.Rinv), st.Rinv)
+    G = _mm(st.W, st.Rinv)
+    CG = _mm(C, G)
+    Q = -_mm(_mm(st.W, _t(st.W)), C)
+    Q[np.arange(b), np.arange(b)] += 1.0
+    CQ = _mm(C, Q)
+    UV = _mm(_t(red.B), np.concatenate([Q, G], axis=1))  # [U V], (dr, 2b, m, L)
+
+    # D_a in local order: term 1's parameters first, D_a = S_r'(∂_aÃ)S_r, then the others.
+    n_t = el.t_param.size
+    params = np.concatenate([el.t_param, el.r_param])
+    dA = np.stack(
+        [
+            -_sym(np.einsum("dml,eml->mde", UV[:, i], UV[:, b + j]))
+            for i, j in zip(el.t_i, el.t_j, strict=True)
+        ]
     )
-    grad = np.stack(
-        [entries[:, layout.which == j].sum(axis=1) for j in range(layout.n_theta)], axis=1
-    )
+    D = np.empty((k, m, dr, dr))
+    D[:n_t] = _tr(st.S) @ dA @ st.S
+    AS = st.A_t @ st.S
+    for s, entries in enumerate(el.r_entries):
+        D[n_t + s] = _sym(_scatter_rows(AS, entries))
+    ell = np.zeros((m, k))
+    ell[:, :n_t] = 2.0 * CG[el.t_i, el.t_j].sum(axis=-1).T
+    Dv = np.einsum("amij,mj->ami", D, v)
+    vDv = np.einsum("ami,mi->ma", Dv, v)
+    wr2 = w * r2
+    grad = np.empty((m, k))
+    trace = np.stack([_trace(Kk, Da) for Da in D], axis=1)  # tr(Kk D_a)
+    grad[:, params] = ell + trace + wr2[:, None] * vDv
     grad[bad] = np.nan
-    return crit, grad
+    if order == 1:
+        return crit, grad, None
+
+    # ℓ_ab + tr(Kk D_ab) + w r² v'D_ab v: for two parameters of term 1 from the b⁴ table of
+    # the module notes (every pair of entries (i, j), (k, h) of T at once), else from D_ab.
+    Sv = np.einsum("mij,mj->mi", st.S, v)
+    H = st.S @ Kk @ _tr(st.S) + wr2[:, None, None] * Sv[:, :, None] * Sv[:, None, :]
+    H = np.ascontiguousarray(H.transpose(1, 2, 0))[..., None]  # level-last, (dr, dr, m, 1)
+    XHX = _mm(_t(UV), _mm(H, UV))  # (2b, 2b, m, L)
+    UHU, UHV, VHV = XHX[:b, :b], XHX[:b, b:], XHX[b:, b:]
+    quartic = 2.0 * (
+        np.einsum("jhml,ikml->ijkhm", N, CQ - UHU)
+        + np.einsum("ikml,hjml->ijkhm", CQ, VHV)
+        + np.einsum("ihml,kjml->ijkhm", CG, UHV - CG)
+        + np.einsum("kjml,ihml->ijkhm", CG, UHV)
+    )
+    ps, pt = np.triu_indices(n_t)
+    second = np.zeros((m, k, k))
+    second[:, ps, pt] = second[:, pt, ps] = quartic[
+        el.t_i[ps], el.t_j[ps], el.t_i[pt], el.t_j[pt]
+    ].T
+    for s in range(k):
+        for t in range(max(s, n_t), k):
+            if s < n_t:  # term 1 and another term: E_b'(∂_aÃ)S_r + S_r'(∂_aÃ)E_b
+                Dab = _sym(_scatter_rows(dA[s] @ st.S, el.r_entries[t - n_t]))
+            else:  # E_a'ÃE_b + E_b'ÃE_a
+                (ra, ca), (rb, cb) = el.r_entries[s - n_t], el.r_entries[t - n_t]
+                Dab = np.zeros_like(st.A_t)
+                Dab[:, ca[:, None], cb[None, :]] = st.A_t[:, ra[:, None], rb[None, :]]
+                Dab = _sym(Dab)
+            second[:, s, t] = second[:, t, s] = _trace(Kk, Dab) + wr2 * _quad(v, Dab, v)
+    KD = Kk @ D
+    KDv = np.einsum("mij,bmj->bmi", K, Dv)
+    local = (
+        second
+        - np.einsum("amij,bmji->mab", KD, KD)
+        - 2.0 * wr2[:, None, None] * np.einsum("ami,bmi->mab", Dv, KDv)
+        + (wr2 * r2)[:, None, None] * vDv[:, :, None] * vDv[:, None, :]
+    )
+    hess = np.empty((m, k, k))
+    hess[:, params[:, None], params[None, :]] = 0.5 * (local + _tr(local))
+    hess[bad] = np.nan
+    return crit, grad, hess
+
+
+def dense_estimates(
+    theta: np.ndarray,
+    A: np.ndarray,
+    layout: DenseLayout,
+    n_obs: np.ndarray,
+    p_eff: np.ndarray,
+    reml: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """β̂, SE(β̂), BLUPs Λũ (the layout's column order) and σ̂² at θ, through the elimination.
+
+    ``Ω̃`` is the Schur complement of term 1's block in ``Ω``: its leading block solves for
+    ``x = (ũ_r, β̂)``, the β block of its inverse is ``Cov(β̂)/σ̂²``, and term 1's effects follow
+    per level by back-substitution, ``Tũ_l = P_l (A_ly − A_{l,r} S_r x)``.
+    """
+    el = layout.elimination
+    red = reduce_dense(A, layout)
+    st = _state(theta, red, layout)
+    m = red.A.shape[0]
+    qr = el.qr
+    Om = st.Om
+    idx = np.arange(qr)
+    Om[:, idx, idx] += 1.0
+    inv = np.linalg.inv(Om[:, :-1, :-1])
+    sol = np.einsum("mij,mj->mi", inv, Om[:, :-1, -1])
+    r2 = Om[:, -1, -1] - np.einsum("mi,mi->m", Om[:, -1, :-1], sol)
+    sigma2 = r2 / ((n_obs - p_eff) if reml else n_obs)
+    # A numerically singular system (θ → ∞ with σ² → 0) can give a negative variance: no SE.
+    var_beta = sigma2[:, None] * np.diagonal(inv, axis1=1, axis2=2)[:, qr:]
+    se = np.sqrt(np.where(var_beta >= 0.0, var_beta, np.nan))
+    x = np.einsum("mij,mj->mi", st.S[:, :-1, :-1], sol)  # the unscaled (Λ_r ũ_r, β̂)
+    blup = np.empty((m, layout.q))
+    blup[:, el.rest[:qr]] = x[:, :qr]
+    resid = red.B[:, -1] - np.einsum("idml,md->iml", red.B[:, :-1], x)
+    P = _mm(st.W, _t(st.W))  # T N T'
+    blup[:, layout.levels.T] = np.einsum("ijml,jml->iml", P, resid).transpose(1, 0, 2)
+    return sol[:, qr:], se, blup, sigma2
+
+
+def minimize_dense(
+    objective: Objective, starts: np.ndarray, fixed: np.ndarray, layout: DenseLayout
+) -> OptSummary:
+    """Minimize from every start, then from sign flips of columns on the bound; keep the best.
+
+    Correlated terms can have several local optima, so every start ``(n_starts, m, k)`` is
+    descended (as copies of the features, in one batch).  A column ``c`` of ``T`` can also end
+    with ``T_cc = 0`` held by the bound although the criterion falls into ``T_cc > 0``: negating
+    the column gives the same ``TT'`` and flips the sign of the gradient in ``T_cc``, so such
+    points (column not all zero) are descended again from their flipped copy.
+    """
+    n_c, m, k = starts.shape
+
+    def each_start(th, sub, order):
+        return objective(th, sub % m, order)
+
+    runs = minimize(
+        each_start, starts.reshape(1, n_c * m, k), np.tile(fixed, (n_c, 1)), lower=layout.lower
+    )
+    opt = _take(runs, np.argmin(runs.fmin.reshape(n_c, m), axis=0) * m + np.arange(m))
+
+    off = np.flatnonzero(layout.column_of >= 0)
+    at_zero = opt.theta[:, layout.column_of[off]] <= _AT_ZERO
+    redo = np.flatnonzero(np.any(at_zero & (opt.theta[:, off] != 0.0), axis=1))
+    if redo.size:
+        flipped = opt.theta[redo]
+        flipped[:, off] = np.where(at_zero[redo], -flipped[:, off], flipped[:, off])
+
+        def flipped_rows(th, sub, order):
+            return objective(th, redo[sub], order)
+
+        again = minimize(flipped_rows, flipped[None], fixed[redo], lower=layout.lower)
+        better = again.fmin < opt.fmin[redo]
+        for field in fields(opt):
+            getattr(opt, field.name)[redo[better]] = getattr(again, field.name)[better]
+    return opt
+
+
+def _take(opt: OptSummary, rows: np.ndarray) -> OptSummary:
+    return OptSummary(**{field.name: getattr(opt, field.name)[rows] for field in fields(opt)})

@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from ._dense import DenseLayout, dense_criterion, lambda_matrix
+from ._dense import (
+    DenseLayout,
+    dense_criterion,
+    dense_estimates,
+    minimize_dense,
+    reduce_dense,
+    term_factor,
+)
 from ._objective import Layout, criterion, estimates, reduce, use_count_classes
 from ._optimize import minimize
 from ._result import LMMResult
@@ -34,24 +41,13 @@ class _Design:
     spectral: Spectral | None  # the one-term shortcut's design pieces, if it applies
     fixed_names: tuple[str, ...]
     term_names: tuple[str, ...]  # elimination order
-    dense: DenseLayout | None = None  # correlated terms: the unreduced criterion (see _dense)
+    dense: DenseLayout | None = None  # correlated terms: their own criterion (see _dense)
     extra_names: tuple[str, ...] = ()  # dense: names of the off-diagonal parameters
     covariances: tuple[tuple[int, int], ...] = ()  # dense: term pairs with a covariance
 
     @property
     def n_theta(self) -> int:
         return self.dense.n_theta if self.dense is not None else self.layout.n_theta
-
-    def lambda_matrix(self, theta: np.ndarray) -> np.ndarray:
-        """``S = blockdiag(Λ(θ), I_p, 1)`` per feature (θ in elimination order)."""
-        if self.dense is not None:
-            return lambda_matrix(theta, self.dense)
-        s = np.ones((theta.shape[0], self.layout.dim))
-        s[:, : self.layout.q] = theta[:, self.layout.term_of()]
-        S = np.zeros((theta.shape[0], self.layout.dim, self.layout.dim))
-        idx = np.arange(self.layout.dim)
-        S[:, idx, idx] = s
-        return S
 
 
 def _design(spec: ModelSpec) -> _Design:
@@ -77,7 +73,11 @@ def _design(spec: ModelSpec) -> _Design:
 
 
 def _dense_design(spec: ModelSpec) -> _Design:
-    """Correlated terms: formula order, no elimination, Λ entries per parameter."""
+    """Correlated terms: formula order, Λ entries per parameter.
+
+    The criterion eliminates the correlated term with the most levels level by level (see
+    :mod:`._dense`); the other terms stay in its reduced system.
+    """
     terms = spec.terms
     Z = [t.indicator() for t in terms]
     sizes = tuple(t.n_levels for t in terms)
@@ -102,8 +102,16 @@ def _dense_design(spec: ModelSpec) -> _Design:
     k = len(terms) + len(extra)
     lower = np.where(np.arange(k) < len(terms), 0.0, -np.inf)
     p = spec.X.shape[1]
+    largest = max(spec.blocks, key=lambda blk: sizes[blk[0]])  # the first of equal ones
+    levels = offsets[list(largest)][None, :] + np.arange(sizes[largest[0]])[:, None]
     dense = DenseLayout(
-        sum(sizes), p, np.concatenate(rows), np.concatenate(cols), np.concatenate(which), lower
+        sum(sizes),
+        p,
+        np.concatenate(rows),
+        np.concatenate(cols),
+        np.concatenate(which),
+        lower,
+        levels,
     )
     ones = np.flatnonzero(np.all(spec.X == 1.0, axis=0))
     return _Design(
@@ -436,11 +444,12 @@ def _fit_chunk(
     if general.size:
         n_g, p_g, sub_rows = n_ok[general], p_ok[general], rows[general]
         if design.dense is not None:
-            A_g, dense = A_ok[general], design.dense
+            dense = design.dense
+            red_d = reduce_dense(A_ok[general], dense)
 
             def objective(th, sub, order):
                 return dense_criterion(
-                    th, A_g[sub], n_g[sub], p_g[sub], dense, reml=reml, order=order
+                    th, red_d.take(sub), n_g[sub], p_g[sub], dense, reml=reml, order=order
                 )
 
         else:
@@ -463,17 +472,10 @@ def _fit_chunk(
                     objective, np.concatenate([moments, starts]), fixed[sub_rows], lower=lower
                 )
             else:
-                # Correlated terms can have several local optima: descend from every start
-                # (and a negative correlation) and keep the best end point.
-                candidates = [*starts, np.where(np.isfinite(lower), starts[1], -0.5)]
-                runs = [
-                    minimize(objective, c[None], fixed[sub_rows], lower=lower) for c in candidates
-                ]
-                best = np.argmin(np.stack([r.fmin for r in runs]), axis=0)
-                opt = runs[0]
-                for field in ("theta", "fmin", "n_iter", "converged", "message"):
-                    stacked = np.stack([getattr(r, field) for r in runs])
-                    setattr(opt, field, stacked[best, np.arange(best.size)])
+                # Several local optima: every start is descended (see minimize_dense), and
+                # one more with negative correlations.
+                candidates = np.stack([*starts, np.where(np.isfinite(lower), starts[1], -0.5)])
+                opt = minimize_dense(objective, candidates, fixed[sub_rows], design.dense)
             # θ = 0 (no random effects) is a stationary point the descent may not reach from
             # inside; never return a fit worse than it.
             f0, _, _ = objective(np.zeros_like(opt.theta), np.arange(general.size), 0)
@@ -500,14 +502,13 @@ def _fit_chunk(
         est = estimates(theta[rows], A_ok, layout, n_ok, p_ok, reml)
         rel_var[rows] = theta[rows] ** 2
     else:
-        S = design.lambda_matrix(theta[rows])
-        est = _dense_estimates(S, A_ok, q, p, n_ok, p_ok, reml)
+        est = dense_estimates(theta[rows], A_ok, design.dense, n_ok, p_ok, reml)
         # Relative (co)variances of the terms: Λ Λ' at each term's first level.
         first = np.cumsum([0, *layout.sizes])[:-1].astype(int)
-        Sq = S[:, :q, :q]
-        rel_var[rows] = (Sq[:, first, :] ** 2).sum(axis=2)
+        F = term_factor(theta[rows], design.dense, first)
+        rel_var[rows] = (F**2).sum(axis=2)
         for i, (a, b) in enumerate(design.covariances):
-            rel_cov[rows, i] = (Sq[:, first[a], :] * Sq[:, first[b], :]).sum(axis=1)
+            rel_cov[rows, i] = (F[:, a, :] * F[:, b, :]).sum(axis=1)
     beta = np.full((m, p), np.nan)
     se = np.full((m, p), np.nan)
     blup = np.full((m, q), np.nan)
@@ -549,34 +550,3 @@ def _fit_chunk(
         "n_iter": n_iter,
         "dropped": dropped,
     }
-
-
-def _dense_estimates(
-    S: np.ndarray,
-    A: np.ndarray,
-    q: int,
-    p: int,
-    n_obs: np.ndarray,
-    p_eff: np.ndarray,
-    reml: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """β̂, SE(β̂), BLUPs Λũ and σ̂² at θ from one dense solve of the full system (correlated terms).
-
-    With ``Ω = S'AS + diag(I_q, 0, 0)`` (``S = blockdiag(Λ, I_p, 1)``), the leading ``(q+p)``
-    block solves the penalized normal equations for ``(ũ, β̂)``; ``r² = Ω_yy − Ω_y·(ũ, β̂)``,
-    and ``Cov(β̂) = σ̂² (R_X'R_X)⁻¹`` is the β block of that block's inverse.
-    """
-    D = q + p
-    Omega = S.transpose(0, 2, 1) @ A @ S
-    idx = np.arange(q)
-    Omega[:, idx, idx] += 1.0
-    inv = np.linalg.inv(Omega[:, :D, :D])
-    sol = np.einsum("mij,mj->mi", inv, Omega[:, :D, D])
-    r2 = Omega[:, D, D] - np.einsum("mi,mi->m", Omega[:, D, :D], sol)
-    sigma2 = r2 / ((n_obs - p_eff) if reml else n_obs)
-    cov_diag = np.diagonal(inv, axis1=1, axis2=2)[:, q:]
-    # A numerically singular system (θ → ∞ with σ² → 0) can give a negative variance: no SE.
-    var_beta = sigma2[:, None] * cov_diag
-    se = np.sqrt(np.where(var_beta >= 0.0, var_beta, np.nan))
-    blup = np.einsum("mij,mj->mi", S[:, :q, :q], sol[:, :q])
-    return sol[:, q:], se, blup, sigma2
