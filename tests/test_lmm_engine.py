@@ -336,3 +336,21 @@ def test_grouped_fit_rejects_repeated_cells_and_unknown_units():
         lmm.fit_grouped(long, design, "~ 1 + (1|peptide)")
     with pytest.raises(ValueError, match="missing from the design"):
         lmm.fit_grouped(long.assign(sample="s9"), design, "~ 1 + (1|peptide)")
+
+
+def test_sparse_cross_products_equal_dense_ones():
+    """Intercepts, a slope (non-0/1 values) and weights: P W' is M' diag(w) M exactly."""
+    from omixed.lmm._crossprod import CrossProducts
+
+    rng = np.random.default_rng(3)
+    n, m = 40, 9
+    g = rng.integers(0, 5, n)
+    Z = np.eye(5)[g]
+    M = np.hstack([Z, Z * rng.normal(size=(n, 1)), np.ones((n, 1)), rng.normal(size=(n, 1))])
+    Y = rng.normal(size=(m, n))
+    W = rng.uniform(0.5, 2.0, size=(m, n)) * (rng.random((m, n)) > 0.3)
+    A = CrossProducts.from_design(M)(Y, W)
+    for f in range(m):
+        My = np.column_stack([M, Y[f]])
+        np.testing.assert_allclose(A[f], (My * W[f, :, None]).T @ My, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(CrossProducts.from_design(M)(Y[:4], W[:4]), A[:4])

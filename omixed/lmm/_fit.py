@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
+from ._crossprod import CrossProducts
 from ._dense import (
     DenseLayout,
     dense_criterion,
@@ -48,6 +50,11 @@ class _Design:
     @property
     def n_theta(self) -> int:
         return self.dense.n_theta if self.dense is not None else self.layout.n_theta
+
+    @cached_property
+    def cross_products(self) -> CrossProducts:
+        """Every chunk's ``[M y]'W[M y]``, from the sparsity of ``M`` (see _crossprod)."""
+        return CrossProducts.from_design(self.M)
 
 
 def _design(spec: ModelSpec) -> _Design:
@@ -306,27 +313,6 @@ def fit(
     return LMMResult.from_arrays(spec, design.order, merged, feature_names, reml)
 
 
-def _cross_products(M: np.ndarray, Y: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """``A[f] = [M y_f]' diag(w_f) [M y_f]`` for features × rows ``Y`` and ``W``, ``(m, D+1, D+1)``.
-
-    Features observed in every row with unit weights share ``M'M``; the others get one small
-    product each (a stacked matmul).  No large GEMM runs across features: its blocking would
-    make the sums depend on how many features share a chunk.
-    """
-    m, D = Y.shape[0], M.shape[1]
-    A = np.empty((m, D + 1, D + 1))
-    complete = np.all(W == 1.0, axis=1)  # observed everywhere with unit weights
-    A[complete, :D, :D] = M.T @ M
-    partial = np.flatnonzero(~complete)
-    if partial.size:
-        Mw = M[None] * W[partial, :, None]
-        A[partial, :D, :D] = Mw.transpose(0, 2, 1) @ M
-    wy = W * Y
-    A[:, D, :D] = A[:, :D, D] = np.einsum("fn,nd->fd", wy, M)
-    A[:, D, D] = (wy * Y).sum(axis=1)
-    return A
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A chunk's standardized responses and cross-products, with non-estimable columns dropped.
@@ -371,7 +357,7 @@ def prepare(Yt: np.ndarray, design: _Design, weights: np.ndarray | None = None) 
     Ys = np.where(W > 0, (Yt - center[:, None]) / scale[:, None], 0.0)
     if weights is not None:
         W = np.where(W > 0, weights, 0.0)
-    A = _cross_products(design.M, Ys, W)
+    A = design.cross_products(Ys, W)
     # Fixed effects not estimable from a feature's rows are dropped (as lme4 does).
     aliased = aliased_mask(A[:, q:, q:])
     dropped = aliased[:, :p]
