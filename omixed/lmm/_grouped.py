@@ -136,7 +136,10 @@ def bucket_problems(
     # Each (feature, local) pair once, in order of first appearance; its position is its rank
     # among its feature's pairs.
     pair, _ = pd.factorize(f_code.astype(np.int64) * (l_code.max() + 1) + l_code)
-    first_row = np.unique(pair, return_index=True)[1]
+    # factorize numbers pairs in order of first appearance: a pair is new where it exceeds all
+    # earlier ones.
+    seen = np.maximum.accumulate(pair)
+    first_row = np.flatnonzero(np.concatenate([[True], pair[1:] > seen[:-1]]))
     pair_feature = f_code[first_row]
     n_local = np.bincount(pair_feature, minlength=features.size)
     starts = np.concatenate([[0], np.cumsum(n_local)[:-1]])
@@ -146,7 +149,7 @@ def bucket_problems(
     )
     position = rank[pair]
     cell = pair.astype(np.int64) * units.size + u_code
-    if np.unique(cell).size < cell.size:
+    if np.bincount(cell).max(initial=0) > 1:
         dup = values[pd.Series(cell).duplicated(keep=False).to_numpy()].head(3)
         raise ValueError(f"duplicated ({feature}, {unit}, {local}) rows, e.g.\n{dup}")
     is_first = np.zeros(len(values), dtype=bool)
