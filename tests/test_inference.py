@@ -205,10 +205,8 @@ def test_varpar_covariance_matches_lmertest(genes, lme4_classic, classic_data, l
 # Analytic derivatives against an independent dense computation
 
 
-def _dense_deviance(varpar, y, X, Zs):
-    """lmerTest's devfun_vp (REML) from V₀ = I + ZΛΛ'Z' directly, and Cov(β̂)."""
-    theta, sigma = varpar[:-1], varpar[-1]
-    V0 = np.eye(y.size) + sum(t**2 * Z @ Z.T for t, Z in zip(theta, Zs, strict=True))
+def _reml_deviance(V0, sigma, y, X):
+    """lmerTest's devfun_vp (REML) at Var(y) = σ²V₀, Cov(β̂) and the σ² estimate r'V₀⁻¹r/(n − p)."""
     Vi = np.linalg.inv(V0)
     info = X.T @ Vi @ X
     beta = np.linalg.solve(info, X.T @ Vi @ y)
@@ -221,6 +219,36 @@ def _dense_deviance(varpar, y, X, Zs):
         + (n - p) * np.log(2 * np.pi * sigma**2)
     )
     return dev, sigma**2 * np.linalg.inv(info), r2 / (n - p)
+
+
+def _dense_deviance(varpar, y, X, Zs):
+    """lmerTest's devfun_vp (REML) from V₀ = I + ZΛΛ'Z' directly, and Cov(β̂)."""
+    theta, sigma = varpar[:-1], varpar[-1]
+    V0 = np.eye(y.size) + sum(t**2 * Z @ Z.T for t, Z in zip(theta, Zs, strict=True))
+    return _reml_deviance(V0, sigma, y, X)
+
+
+def _assert_matches_finite_differences(out, deviance, theta, L, h=1e-4):
+    """Check one feature's ``_moments_chunk`` output against central differences of ``deviance``.
+
+    Compared: the Hessian of the REML deviance and the gradient of L'Cov(β̂)L in (θ, σ), at θ
+    and the σ̂ that ``deviance`` estimates there.
+    """
+    sigma = np.sqrt(deviance(np.r_[theta, 1.0])[2])
+    x0 = np.r_[theta, sigma]
+    k = x0.size
+    step = np.eye(k) * h
+    hess, grad = np.empty((k, k)), np.empty(k)
+    for a in range(k):
+        grad[a] = (L @ deviance(x0 + step[a])[1] @ L - L @ deviance(x0 - step[a])[1] @ L) / (2 * h)
+        for b in range(k):
+            f = [
+                deviance(x0 + sa * step[a] + sb * step[b])[0]
+                for sa, sb in ((1, 1), (1, -1), (-1, 1), (-1, -1))
+            ]
+            hess[a, b] = (f[0] - f[1] - f[2] + f[3]) / (4 * h * h)
+    np.testing.assert_allclose(out["hessian"][0], hess, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["grad"][0], grad, rtol=1e-6, atol=1e-9)
 
 
 def test_hessian_and_gradient_match_finite_differences():
@@ -236,26 +264,7 @@ def test_hessian_and_gradient_match_finite_differences():
     theta = np.array([0.8, 1.3, 0.4])  # elimination order, not an optimum
     L = np.array([0.0, 1.0])
     out = _moments_chunk(y[None, :], design_, theta[None, :], L, satterthwaite=True)
-    sigma = np.sqrt(_dense_deviance(np.r_[theta, 1.0], y, spec.X, Zs)[2])
-    x0 = np.r_[theta, sigma]
-    h = 1e-4
-    k = x0.size
-    hess = np.empty((k, k))
-    grad = np.empty(k)
-    step = np.eye(k) * h
-    for a in range(k):
-        grad[a] = (
-            L @ _dense_deviance(x0 + step[a], y, spec.X, Zs)[1] @ L
-            - L @ _dense_deviance(x0 - step[a], y, spec.X, Zs)[1] @ L
-        ) / (2 * h)
-        for b in range(k):
-            f = [
-                _dense_deviance(x0 + sa * step[a] + sb * step[b], y, spec.X, Zs)[0]
-                for sa, sb in ((1, 1), (1, -1), (-1, 1), (-1, -1))
-            ]
-            hess[a, b] = (f[0] - f[1] - f[2] + f[3]) / (4 * h * h)
-    np.testing.assert_allclose(out["hessian"][0], hess, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out["grad"][0], grad, rtol=1e-6, atol=1e-9)
+    _assert_matches_finite_differences(out, lambda v: _dense_deviance(v, y, spec.X, Zs), theta, L)
 
 
 def test_linear_model_gives_residual_df_and_the_ols_t_test():
@@ -619,18 +628,7 @@ def _correlated_deviance(varpar, y, X, Zs):
     T = np.array([[t0, 0.0], [t2, t1]])
     C = T @ T.T
     V0 = np.eye(y.size) + sum(C[a, c] * Zs[a] @ Zs[c].T for a in range(2) for c in range(2))
-    Vi = np.linalg.inv(V0)
-    info = X.T @ Vi @ X
-    beta = np.linalg.solve(info, X.T @ Vi @ y)
-    r2 = (y - X @ beta) @ Vi @ (y - X @ beta)
-    n, p = X.shape
-    dev = (
-        np.linalg.slogdet(V0)[1]
-        + np.linalg.slogdet(info)[1]
-        + r2 / sigma**2
-        + (n - p) * np.log(2 * np.pi * sigma**2)
-    )
-    return dev, sigma**2 * np.linalg.inv(info), r2 / (n - p)
+    return _reml_deviance(V0, sigma, y, X)
 
 
 def test_correlated_hessian_and_gradient_match_finite_differences():
@@ -651,24 +649,9 @@ def test_correlated_hessian_and_gradient_match_finite_differences():
     theta = np.array([0.9, 0.6, -0.4])  # (T_00, T_11, T_10), not an optimum
     L = np.array([0.3, 1.0])
     out = _moments_chunk(y[None, :], design_, theta[None, :], L, satterthwaite=True)
-    sigma = np.sqrt(_correlated_deviance(np.r_[theta, 1.0], y, spec.X, Zs)[2])
-    x0 = np.r_[theta, sigma]
-    h, k = 1e-4, x0.size
-    step = np.eye(k) * h
-    hess, grad = np.empty((k, k)), np.empty(k)
-    for a in range(k):
-        grad[a] = (
-            L @ _correlated_deviance(x0 + step[a], y, spec.X, Zs)[1] @ L
-            - L @ _correlated_deviance(x0 - step[a], y, spec.X, Zs)[1] @ L
-        ) / (2 * h)
-        for b in range(k):
-            f = [
-                _correlated_deviance(x0 + sa * step[a] + sb * step[b], y, spec.X, Zs)[0]
-                for sa, sb in ((1, 1), (1, -1), (-1, 1), (-1, -1))
-            ]
-            hess[a, b] = (f[0] - f[1] - f[2] + f[3]) / (4 * h * h)
-    np.testing.assert_allclose(out["hessian"][0], hess, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out["grad"][0], grad, rtol=1e-6, atol=1e-9)
+    _assert_matches_finite_differences(
+        out, lambda v: _correlated_deviance(v, y, spec.X, Zs), theta, L
+    )
 
 
 def test_tl_test_correlated_slopes(lme4_classic, classic_data, lmertest):

@@ -450,27 +450,25 @@ def test_read_table_separator_guessed_from_header(tmp_path):
     np.testing.assert_array_equal(io.read_table(path).X, [[1.5, 3.0], [2.0, 4.0]])
 
 
-def test_read_table_bad_files(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "kwargs", "error", "match"),
+    [
+        ("id,S1,S1\nf1,1,2\n", {}, ValueError, r"duplicated column name.*'S1'"),
+        ("id,S1,S2\nf1,1,2\nf1,3,4\n", {}, ValueError, r"duplicated row name.*'f1'"),
+        ("id,S1,S2\nf1,1,2\nf2,3", {}, ValueError, r"truncated"),
+        ("", {}, ValueError, r"is empty"),
+        (None, {}, FileNotFoundError, None),
+        ("id,S1,S2\nf1,1,2\n", {"annotation_cols": ["gene"]}, KeyError, r"missing column 'gene'"),
+        ("id,S1,S2\nf1,1,2\n", {"orientation": "wide"}, ValueError, r"orientation must be"),
+    ],
+    ids=["dup-column", "dup-row", "truncated", "empty", "absent", "no-annotation", "orientation"],
+)
+def test_read_table_bad_files(tmp_path, text, kwargs, error, match):
     path = tmp_path / "m.csv"
-    path.write_text("id,S1,S1\nf1,1,2\n")
-    with pytest.raises(ValueError, match=r"duplicated column name.*'S1'"):
-        io.read_table(path)
-    path.write_text("id,S1,S2\nf1,1,2\nf1,3,4\n")
-    with pytest.raises(ValueError, match=r"duplicated row name.*'f1'"):
-        io.read_table(path)
-    path.write_text("id,S1,S2\nf1,1,2\nf2,3")
-    with pytest.raises(ValueError, match=r"truncated"):
-        io.read_table(path)
-    path.write_text("")
-    with pytest.raises(ValueError, match=r"is empty"):
-        io.read_table(path)
-    with pytest.raises(FileNotFoundError):
-        io.read_table(tmp_path / "absent.csv")
-    path.write_text("id,S1,S2\nf1,1,2\n")
-    with pytest.raises(KeyError, match=r"missing column 'gene'"):
-        io.read_table(path, annotation_cols=["gene"])
-    with pytest.raises(ValueError, match=r"orientation must be"):
-        io.read_table(path, orientation="wide")
+    if text is not None:  # None: the file does not exist
+        path.write_text(text)
+    with pytest.raises(error, match=match):
+        io.read_table(path, **kwargs)
 
 
 # --------------------------------------------------------------------------- sample sheet

@@ -68,29 +68,33 @@ def test_bcg_effect_sizes_match_escalc():
     np.testing.assert_allclose(vi[:6], [0.3256, 0.1946, 0.4154, 0.0200, 0.0512, 0.0069], atol=5e-5)
 
 
-def test_bcg_reml_matches_metafor():
+# metafor's printed rma(yi, vi, method=...) output on dat.bcg, 4 decimals
+BCG_METAFOR = {
+    "reml": {"tau2": 0.3132, "estimate": -0.7145, "se": 0.1798, "stat": -3.9744,
+             "ci_low": -1.0669, "ci_high": -0.3622, "Q": 152.2330},
+    "dl": {"tau2": 0.3088, "estimate": -0.7141, "se": 0.1787, "stat": -3.9952,
+           "ci_low": -1.0644, "ci_high": -0.3638, "I2": 92.1173},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", list(BCG_METAFOR))
+def test_bcg_matches_metafor(method):
+    r = one(*bcg(), method=method)
+    want = BCG_METAFOR[method]
+    np.testing.assert_allclose(r[list(want)].astype(float), list(want.values()), atol=5e-5)
+
+
+def test_bcg_reml_heterogeneity():
     r = one(*bcg(), method="reml")
     assert r.k == 13 and r.df == 12 and r.converged
-    np.testing.assert_allclose(r.tau2, 0.3132, atol=5e-5)
-    np.testing.assert_allclose(r.estimate, -0.7145, atol=5e-5)
-    np.testing.assert_allclose(r.se, 0.1798, atol=5e-5)
-    np.testing.assert_allclose(r.stat, -3.9744, atol=5e-5)
-    np.testing.assert_allclose([r.ci_low, r.ci_high], [-1.0669, -0.3622], atol=5e-5)
-    np.testing.assert_allclose(r.Q, 152.2330, atol=5e-5)
     np.testing.assert_allclose(r.I2, 92.22, atol=5e-3)
     np.testing.assert_allclose(r.H2, 1 / (1 - r.I2 / 100), rtol=1e-12)
     assert r.pvalue < 1e-4 and r.Q_pvalue < 1e-20
 
 
-def test_bcg_dl_matches_metafor():
-    r = one(*bcg(), method="dl")
-    np.testing.assert_allclose(r.tau2, 0.3088, atol=5e-5)
-    np.testing.assert_allclose(r.estimate, -0.7141, atol=5e-5)
-    np.testing.assert_allclose(r.se, 0.1787, atol=5e-5)
-    np.testing.assert_allclose(r.stat, -3.9952, atol=5e-5)
-    np.testing.assert_allclose([r.ci_low, r.ci_high], [-1.0644, -0.3638], atol=5e-5)
-    np.testing.assert_allclose(r.I2, 92.1173, atol=5e-5)
+def test_bcg_dl_i2_is_q_based():
     # for DL, I² equals the Q-based (Q − df)/Q
+    r = one(*bcg(), method="dl")
     np.testing.assert_allclose(r.I2, 100 * (r.Q - 12) / r.Q, rtol=1e-12)
 
 

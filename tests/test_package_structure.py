@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 
 import omixed
+from omixed._docs import DOCS, doc_params
 
 NAMESPACES = ["pp", "tl", "pl", "io", "datasets"]
 # Functions whose first argument is not an AnnData: readers take a path, meta takes estimates,
@@ -22,9 +24,12 @@ def _public():
             yield f"{ns}.{name}", getattr(module, name)
 
 
-@pytest.mark.parametrize(
+PUBLIC = pytest.mark.parametrize(
     ("name", "func"), list(_public()), ids=lambda x: x if isinstance(x, str) else ""
 )
+
+
+@PUBLIC
 def test_public_functions_follow_the_convention(name, func):
     assert func.__doc__, f"{name} has no docstring"
     for section in ("Parameters", "Returns", "Examples"):
@@ -44,3 +49,44 @@ def test_public_functions_follow_the_convention(name, func):
     copy = next((p for p in params if p.name == "copy"), None)
     if copy is not None:
         assert copy.default is False
+
+
+def _placeholders(text: str) -> set[str]:
+    return set(re.findall(r"\{(\w+)\}", text))
+
+
+@PUBLIC
+def test_docstring_snippets_are_filled(name, func):
+    # the snippets' names and the per-function fields they hold (``{result}``, ...)
+    snippets = set(DOCS).union(*map(_placeholders, DOCS.values()))
+    assert not _placeholders(func.__doc__) & snippets, f"{name}: @doc_params missing or incomplete"
+
+
+def test_doc_params_indents_snippets_and_leaves_other_braces():
+    @doc_params(result="scaled")
+    def func():
+        """Summary of ``uns[f"{key}_x"]``.
+
+        Parameters
+        ----------
+        {fitted_adata}
+
+        Returns
+        -------
+        {returns_copy} More text.
+        """
+
+    assert (
+        func.__doc__
+        == """Summary of ``uns[f"{key}_x"]``.
+
+        Parameters
+        ----------
+        adata
+            AnnData fitted with :func:`omixed.tl.fit`.
+
+        Returns
+        -------
+        The scaled copy if ``copy=True``, else None. More text.
+        """
+    )

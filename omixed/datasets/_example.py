@@ -79,9 +79,7 @@ def example(*, seed: int = 0) -> ad.AnnData:
     effect = _effects(rng, n_features, params["fraction_changed"])
     sd_batch = _gamma_sds(rng, n_features, params["mean_sd_batch"], params["fraction_sd_zero"])
     sd_donor = _gamma_sds(rng, n_features, params["mean_sd_donor"], params["fraction_sd_zero"])
-    sd_resid = params["median_sd_resid"] * np.exp(
-        rng.normal(0.0, params["sd_log_sd_resid"], n_features)
-    )
+    sd_resid = _resid_sds(rng, n_features, params)
 
     treated = (obs["condition"] == "treated").to_numpy()
     truth = (
@@ -91,19 +89,11 @@ def example(*, seed: int = 0) -> ad.AnnData:
         + rng.standard_normal((obs.shape[0], n_features)) * sd_resid
     )
     values = truth + _random_effect(rng, obs["batch"].cat.codes.to_numpy(), sd_batch)
-    missing, params["missing_offset"] = _missing_not_at_random(rng, values, params)
-
     var = pd.DataFrame(
         {"true_effect": effect, "sd_batch": sd_batch, "sd_donor": sd_donor, "sd_resid": sd_resid},
         index=pd.Index([f"F{j:04d}" for j in range(n_features)]),
     )
-    return ad.AnnData(
-        np.where(missing, np.nan, values),
-        obs=obs,
-        var=var,
-        layers={"truth": truth},
-        uns={"example": params},
-    )
+    return _with_missing(rng, values, truth, obs, var, params, name="example")
 
 
 def example_peptides(*, seed: int = 0) -> ad.AnnData:
@@ -165,9 +155,7 @@ def example_peptides(*, seed: int = 0) -> ad.AnnData:
     sd_batch = _gamma_sds(rng, n_proteins, params["mean_sd_batch"], params["fraction_sd_zero"])
     sd_sample = _gamma_sds(rng, n_proteins, params["mean_sd_sample"], params["fraction_sd_zero"])
     sd_peptide = _gamma_sds(rng, n_proteins, params["mean_sd_peptide"], 0.0)
-    sd_resid = params["median_sd_resid"] * np.exp(
-        rng.normal(0.0, params["sd_log_sd_resid"], n_proteins)
-    )
+    sd_resid = _resid_sds(rng, n_proteins, params)
     ionisation = rng.standard_normal(protein.size) * sd_peptide[protein]
 
     n_samples = obs.shape[0]
@@ -182,8 +170,6 @@ def example_peptides(*, seed: int = 0) -> ad.AnnData:
     )
     batch = _random_effect(rng, obs["batch"].cat.codes.to_numpy(), sd_batch)
     values = truth + batch[:, protein]
-    missing, params["missing_offset"] = _missing_not_at_random(rng, values, params)
-
     proteins = np.array([f"P{p:04d}" for p in range(n_proteins)])
     names = [f"{proteins[p]}_pep{k:02d}" for p, n in enumerate(n_peptides) for k in range(n)]
     var = pd.DataFrame(
@@ -199,13 +185,7 @@ def example_peptides(*, seed: int = 0) -> ad.AnnData:
         },
         index=pd.Index(names),
     )
-    return ad.AnnData(
-        np.where(missing, np.nan, values),
-        obs=obs,
-        var=var,
-        layers={"truth": truth},
-        uns={"example_peptides": params},
-    )
+    return _with_missing(rng, values, truth, obs, var, params, name="example_peptides")
 
 
 def _gene_design() -> pd.DataFrame:
@@ -257,10 +237,39 @@ def _gamma_sds(rng: np.random.Generator, n: int, mean: float, fraction_zero: flo
     return sds
 
 
+def _resid_sds(rng: np.random.Generator, n: int, params: dict) -> np.ndarray:
+    """Per-feature residual SDs ``median_sd_resid · exp(N(0, sd_log_sd_resid²))``."""
+    return params["median_sd_resid"] * np.exp(rng.normal(0.0, params["sd_log_sd_resid"], n))
+
+
 def _random_effect(rng: np.random.Generator, codes: np.ndarray, sds: np.ndarray) -> np.ndarray:
     """Level effects ~ N(0, sds_j²) per feature j, expanded to the samples (samples × features)."""
     levels = rng.standard_normal((codes.max() + 1, sds.size)) * sds
     return levels[codes]
+
+
+def _with_missing(
+    rng: np.random.Generator,
+    values: np.ndarray,
+    truth: np.ndarray,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    params: dict,
+    *,
+    name: str,
+) -> ad.AnnData:
+    """The simulated AnnData: ``values`` with some missing (drawn last), ``truth`` and ``params``.
+
+    ``params`` gains the offset of the missingness curve and is stored as ``uns[name]``.
+    """
+    missing, params["missing_offset"] = _missing_not_at_random(rng, values, params)
+    return ad.AnnData(
+        np.where(missing, np.nan, values),
+        obs=obs,
+        var=var,
+        layers={"truth": truth},
+        uns={name: params},
+    )
 
 
 def _missing_not_at_random(

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 
 from .. import lmm
+from .._docs import doc_params
 from ..tl._fit import fit_info
 from ._utils import (
     Layers,
     categories,
-    doc_params,
     finish,
     labelled,
     layer_values,
@@ -65,16 +65,11 @@ def feature(
         from panel title to layer.
     {show_save}
 
-    Returns
-    -------
-    The figure, unless it is shown.
+    {returns_figure}
 
     Examples
     --------
-    >>> import omixed
-    >>> adata = omixed.datasets.example()
-    >>> omixed.tl.fit(adata, "~ condition + (1|batch) + (1|donor)", progress=False)
-    >>> omixed.tl.correct(adata, remove=["batch"])
+    {example_corrected}
     >>> fig = omixed.pl.feature(adata, "F0003", show=False)
     >>> [ax.get_title() for ax in fig.axes]
     ['F0003: X', 'F0003: corrected']

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
+from .._docs import doc_params
 from ._utils import (
     NA_COLOR,
     Layers,
     categories,
-    doc_params,
     finish,
     is_continuous,
     labelled,
@@ -73,16 +73,11 @@ def pca(
         used is given in the figure title.
     {show_save}
 
-    Returns
-    -------
-    The figure, unless it is shown.
+    {returns_figure}
 
     Examples
     --------
-    >>> import omixed
-    >>> adata = omixed.datasets.example()
-    >>> omixed.tl.fit(adata, "~ condition + (1|batch) + (1|donor)", progress=False)
-    >>> omixed.tl.correct(adata, remove=["batch"])
+    {example_corrected}
     >>> fig = omixed.pl.pca(adata, show=False)
     >>> len(fig.axes)
     4
@@ -131,16 +126,11 @@ def pca_compare(
         How features with missing values are handled; see :func:`pca`.
     {show_save}
 
-    Returns
-    -------
-    The figure, unless it is shown.
+    {returns_figure}
 
     Examples
     --------
-    >>> import omixed
-    >>> adata = omixed.datasets.example()
-    >>> omixed.tl.fit(adata, "~ condition + (1|batch) + (1|donor)", progress=False)
-    >>> omixed.tl.correct(adata, remove=["batch"])
+    {example_corrected}
     >>> fig = omixed.pl.pca_compare(adata, layers={"raw": None, "omixed": "corrected"}, show=False)
     >>> [ax.get_title() for ax in fig.axes]
     ['raw', 'omixed']

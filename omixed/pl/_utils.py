@@ -1,10 +1,10 @@
-"""Shared plumbing of the plots: parameter docs, show/save, obs categories, colours, layers."""
+"""Shared plumbing of the plots: show/save, obs categories, colours, layers (docs: ``_docs``)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -18,39 +18,10 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-F = TypeVar("F", bound=Callable)
 Layers = Sequence[str | None] | Mapping[str, str | None]
 
 NA_LABEL = "NA"
 NA_COLOR = "lightgray"
-
-# Parameter descriptions shared by every plot (scanpy keeps these in ``_docs.py``).
-DOCS = {
-    "show_save": """\
-show
-    ``True``: call :func:`matplotlib.pyplot.show` and return ``None``; ``False``: return the
-    plot; ``None``: show when pyplot is in interactive mode (IPython/Jupyter), else return it.
-save
-    Write the figure to this path; the format follows the suffix (``.png``, ``.pdf``, ``.svg``).
-    The file is replaced atomically, so an interrupted run never leaves a partial file.""",
-    "ax": """\
-ax
-    Draw into this axes instead of a new figure.""",
-}
-
-
-def doc_params(func: F) -> F:
-    """Replace each ``{name}`` line of ``func``'s docstring by ``DOCS[name]``, indented alike."""
-    lines = []
-    for line in func.__doc__.splitlines():
-        name = line.strip()[1:-1]
-        if line.strip() == f"{{{name}}}" and name in DOCS:
-            indent = line[: len(line) - len(line.lstrip())]
-            lines.extend(indent + text if text else text for text in DOCS[name].splitlines())
-        else:
-            lines.append(line)
-    func.__doc__ = "\n".join(lines)
-    return func
 
 
 def finish(

@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .. import tl
-from ._utils import doc_params, finish, new_figure
+from .._docs import doc_params
+from ._utils import finish, new_figure
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,8 +37,7 @@ def variance_partition(
 
     Parameters
     ----------
-    adata
-        AnnData fitted with :func:`omixed.tl.fit`.
+    {fitted_adata}
     key
         The ``key_added`` of that fit.  ``varm[f"{key}_varpart"]`` is used if present, otherwise
         it is computed (and stored) by :func:`omixed.tl.variance_partition`.
@@ -55,9 +55,7 @@ def variance_partition(
 
     Examples
     --------
-    >>> import omixed
-    >>> adata = omixed.datasets.example()
-    >>> omixed.tl.fit(adata, "~ condition + (1|batch) + (1|donor)", progress=False)
+    {example_fit}
     >>> ax = omixed.pl.variance_partition(adata, show=False)
     >>> [t.get_text() for t in ax.get_xticklabels()][-1]
     'Residual'

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import stats
 
+from .._docs import doc_params
 from .._utils import get_matrix, set_matrix
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def record_step(adata: AnnData, step: str, **params: object) -> None:
     history[f"{len(history):03d}"] = {"step": step, **params}
 
 
+@doc_params(action="Transform", result="transformed")
 def log_transform(
     adata: AnnData,
     *,
@@ -53,14 +55,11 @@ def log_transform(
     pseudocount
         None (intensity data): a zero means "not detected" and becomes NaN. A positive number
         (count data): compute ``log(x + pseudocount)``, so zeros stay finite.
-    layer
-        Transform ``adata.layers[layer]`` instead of ``adata.X``.
-    copy
-        Return a transformed copy instead of modifying ``adata``.
+    {layer_copy}
 
     Returns
     -------
-    The transformed copy if ``copy=True``, else None. The history entry counts the zeros turned
+    {returns_copy} The history entry counts the zeros turned
     missing as ``n_zeros_to_nan``.
 
     Examples
@@ -84,18 +83,19 @@ def log_transform(
     else:
         values += pseudocount
         n_zeros_to_nan = 0
-    set_matrix(adata, np.log(values) / np.log(base), layer)
-    record_step(
+    return _store(
         adata,
-        "log_transform",
+        np.log(values) / np.log(base),
+        copy=copy,
+        step="log_transform",
         base=base,
         pseudocount=pseudocount,
         layer=layer,
         n_zeros_to_nan=n_zeros_to_nan,
     )
-    return adata if copy else None
 
 
+@doc_params(action="Normalize", result="normalized")
 def median_center(
     adata: AnnData,
     *,
@@ -118,14 +118,11 @@ def median_center(
         each feature.
     reference
         ``"median"`` adds back the median of the medians; None leaves every median at 0.
-    layer
-        Normalize ``adata.layers[layer]`` instead of ``adata.X``.
-    copy
-        Return a normalized copy instead of modifying ``adata``.
+    {layer_copy}
 
     Returns
     -------
-    The normalized copy if ``copy=True``, else None. A sample (feature) without observed values
+    {returns_copy} A sample (feature) without observed values
     stays all-NaN.
 
     Examples
@@ -144,18 +141,19 @@ def median_center(
     medians = _nanmedian(values, axis=axes[by])
     shift = 0.0 if reference is None else float(_nanmedian(medians, axis=0))
     values -= np.expand_dims(medians - shift, axes[by])
-    set_matrix(adata, values, layer)
-    record_step(
+    return _store(
         adata,
-        "median_center",
+        values,
+        copy=copy,
+        step="median_center",
         by=by,
         reference=reference,
         added_back=shift,
         layer=layer,
     )
-    return adata if copy else None
 
 
+@doc_params(action="Normalize", result="normalized")
 def quantile_normalize(
     adata: AnnData,
     *,
@@ -174,14 +172,11 @@ def quantile_normalize(
     ----------
     adata
         Samples × features; NaN marks missing values and stays NaN.
-    layer
-        Normalize ``adata.layers[layer]`` instead of ``adata.X``.
-    copy
-        Return a normalized copy instead of modifying ``adata``.
+    {layer_copy}
 
     Returns
     -------
-    The normalized copy if ``copy=True``, else None.
+    {returns_copy}
 
     Examples
     --------
@@ -210,11 +205,10 @@ def quantile_normalize(
     for i in samples:
         ranks = stats.rankdata(values[i, observed[i]])
         values[i, observed[i]] = np.interp((ranks - 1) / (n_obs[i] - 1), grid, reference)
-    set_matrix(adata, values, layer)
-    record_step(adata, "quantile_normalize", layer=layer)
-    return adata if copy else None
+    return _store(adata, values, copy=copy, step="quantile_normalize", layer=layer)
 
 
+@doc_params(action="Transform", result="transformed")
 def clr(
     adata: AnnData,
     *,
@@ -234,14 +228,11 @@ def clr(
         Samples × features of counts or proportions (finite, ≥ 0); NaN marks missing values.
     pseudocount
         Value that replaces zeros, whose logarithm is undefined.
-    layer
-        Transform ``adata.layers[layer]`` instead of ``adata.X``.
-    copy
-        Return a transformed copy instead of modifying ``adata``.
+    {layer_copy}
 
     Returns
     -------
-    The transformed copy if ``copy=True``, else None. The history entry counts the replaced zeros
+    {returns_copy} The history entry counts the replaced zeros
     as ``n_zeros_replaced``.
 
     Examples
@@ -262,10 +253,26 @@ def clr(
     n_obs = observed.sum(axis=1, keepdims=True)
     total = np.where(observed, logs, 0.0).sum(axis=1, keepdims=True)
     log_geomean = np.divide(total, n_obs, out=np.full(total.shape, np.nan), where=n_obs > 0)
-    set_matrix(adata, logs - log_geomean, layer)
-    record_step(
-        adata, "clr", pseudocount=pseudocount, layer=layer, n_zeros_replaced=int(zeros.sum())
+    return _store(
+        adata,
+        logs - log_geomean,
+        copy=copy,
+        step="clr",
+        pseudocount=pseudocount,
+        layer=layer,
+        n_zeros_replaced=int(zeros.sum()),
     )
+
+
+def _store(
+    adata: AnnData, values: np.ndarray, *, copy: bool, step: str, **params: object
+) -> AnnData | None:
+    """Write ``values`` to ``params["layer"]``, record ``step`` with ``params`` (in their order).
+
+    Returns what the public functions return: ``adata`` if it is the copy asked for, else None.
+    """
+    set_matrix(adata, values, params["layer"])
+    record_step(adata, step, **params)
     return adata if copy else None
 
 

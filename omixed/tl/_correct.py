@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import numpy as np
 
 from .. import lmm
+from .._docs import doc_params
 from .._utils import get_matrix, set_matrix
 from ._fit import design_codes, fit_info, fitted_design, fixed_term
 
@@ -328,6 +329,7 @@ def removed_contribution(
     return contrib, {"levels": list(info["terms"][term]["levels"]), **kept}
 
 
+@doc_params
 def correct(
     adata: AnnData,
     *,
@@ -391,10 +393,8 @@ def correct(
 
     Parameters
     ----------
-    adata
-        AnnData fitted with :func:`omixed.tl.fit`.
-    key
-        The ``key_added`` of that fit.
+    {fitted_adata}
+    {fit_key}
     remove
         Terms to remove: random-term names (``"batch"``, ``"batch:cask"``) or fixed terms.
     method
@@ -417,9 +417,7 @@ def correct(
 
     Examples
     --------
-    >>> import omixed
-    >>> adata = omixed.datasets.example()
-    >>> omixed.tl.fit(adata, "~ condition + (1|batch) + (1|donor)", progress=False)
+    {example_fit}
     >>> omixed.tl.correct(adata, remove=["batch"])
     >>> adata.layers["corrected"].shape == adata.shape
     True

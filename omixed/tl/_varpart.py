@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .._docs import doc_params
 from .._utils import get_matrix
 from ._fit import fit_info, fitted_design, fixed_term
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
+@doc_params
 def variance_partition(
     adata: AnnData, *, key: str = "lmm", key_added: str | None = None
 ) -> pd.DataFrame:
@@ -26,10 +28,8 @@ def variance_partition(
 
     Parameters
     ----------
-    adata
-        AnnData fitted with :func:`omixed.tl.fit`.
-    key
-        The ``key_added`` of that fit.
+    {fitted_adata}
+    {fit_key}
     key_added
         Where to store the table (default ``f"{key}_varpart"`` in ``varm``).
 
@@ -40,9 +40,7 @@ def variance_partition(
 
     Examples
     --------
-    >>> import omixed
-    >>> adata = omixed.datasets.example()
-    >>> omixed.tl.fit(adata, "~ condition + (1|batch) + (1|donor)", progress=False)
+    {example_fit}
     >>> vp = omixed.tl.variance_partition(adata)
     >>> bool(np.allclose(vp.dropna().sum(axis=1), 1.0))
     True
