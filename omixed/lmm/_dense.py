@@ -59,7 +59,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ._objective import factor_criterion, triangular_inverse
+from ._objective import factor_criterion, solve_reduced, triangular_inverse
 from ._optimize import _AT_ZERO, Objective, OptSummary, minimize
 
 __all__ = [
@@ -452,16 +452,7 @@ def dense_estimates(
     st = _state(theta, red, layout)
     m = red.A.shape[0]
     qr = el.qr
-    Om = st.Om
-    idx = np.arange(qr)
-    Om[:, idx, idx] += 1.0
-    inv = np.linalg.inv(Om[:, :-1, :-1])
-    sol = np.einsum("mij,mj->mi", inv, Om[:, :-1, -1])
-    r2 = Om[:, -1, -1] - np.einsum("mi,mi->m", Om[:, -1, :-1], sol)
-    sigma2 = r2 / ((n_obs - p_eff) if reml else n_obs)
-    # A numerically singular system (θ → ∞ with σ² → 0) can give a negative variance: no SE.
-    var_beta = sigma2[:, None] * np.diagonal(inv, axis1=1, axis2=2)[:, qr:]
-    se = np.sqrt(np.where(var_beta >= 0.0, var_beta, np.nan))
+    sol, se, sigma2 = solve_reduced(st.Om, qr, n_obs, p_eff, reml)
     x = np.einsum("mij,mj->mi", st.S[:, :-1, :-1], sol)  # the unscaled (Λ_r ũ_r, β̂)
     blup = np.empty((m, layout.q))
     blup[:, el.rest[:qr]] = x[:, :qr]

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Layout", "Reduced", "criterion", "estimates", "evaluate", "reduce"]
+__all__ = ["Layout", "Reduced", "criterion", "estimates", "evaluate", "reduce", "solve_reduced"]
 
 _LOG2PI = np.log(2.0 * np.pi)
 
@@ -404,6 +404,25 @@ def estimates(
     else:
         A_t = A
     Om = A_t * scale[:, None, :] * scale[:, :, None]
+    sol, se, sigma2 = solve_reduced(Om, qr, n_obs, p_eff, reml)
+    x = scale[:, :-1] * sol  # S_r x: the unscaled (Λ_r ũ_r, β̂)
+    blup = np.empty((m, layout.q))
+    blup[:, q1:] = x[:, :qr]
+    if k:
+        u1 = t1 * (B[:, :, -1] - np.einsum("mij,mj->mi", B[:, :, :-1], x)) / den
+        blup[:, :q1] = t1 * u1
+    return sol[:, qr:], se, blup, sigma2
+
+
+def solve_reduced(
+    Om: np.ndarray, qr: int, n_obs: np.ndarray, p_eff: np.ndarray, reml: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Solution ``x = (ũ_r, β̂)``, SE(β̂) and σ̂² from a reduced system ``Ω̃`` (without its ``+I``).
+
+    The leading block of ``Ω̃ + diag(I_qr, 0, 0)`` solves the penalized normal equations, the
+    response's pivot gives ``r²`` and the β block of the leading block's inverse is
+    ``Cov(β̂)/σ̂²``.
+    """
     idx = np.arange(qr)
     Om[:, idx, idx] += 1.0
     inv = np.linalg.inv(Om[:, :-1, :-1])
@@ -412,11 +431,4 @@ def estimates(
     sigma2 = r2 / ((n_obs - p_eff) if reml else n_obs)
     # A numerically singular system (θ → ∞ with σ² → 0) can give a negative variance: no SE.
     var_beta = sigma2[:, None] * np.diagonal(inv, axis1=1, axis2=2)[:, qr:]
-    se = np.sqrt(np.where(var_beta >= 0.0, var_beta, np.nan))
-    x = scale[:, :-1] * sol  # S_r x: the unscaled (Λ_r ũ_r, β̂)
-    blup = np.empty((m, layout.q))
-    blup[:, q1:] = x[:, :qr]
-    if k:
-        u1 = t1 * (B[:, :, -1] - np.einsum("mij,mj->mi", B[:, :, :-1], x)) / den
-        blup[:, :q1] = t1 * u1
-    return sol[:, qr:], se, blup, sigma2
+    return sol, np.sqrt(np.where(var_beta >= 0.0, var_beta, np.nan)), sigma2
