@@ -113,11 +113,17 @@ class Reduced:
         return Reduced(self.A[rows], G, B, self.counts[rows], self.mult[rows], self.layout)
 
     def weighted(self, s: np.ndarray) -> np.ndarray:
-        """``Σ_i s_i a_i a_i'`` over the eliminated columns, ``s`` per class or per level."""
+        """``Σ_i s_i a_i a_i'`` over the eliminated columns, for several weightings at once.
+
+        ``s`` is ``(m, j, K)``: ``j`` weightings per class (or per level); returns
+        ``(m, j, dr, dr)`` from one stacked product.
+        """
+        m, dr = self.A.shape[:2]
+        j = s.shape[1]
         if self.G is not None:
-            m, dr = self.A.shape[:2]
-            return (s[:, None, :] @ self.G).reshape(m, dr, dr)
-        return (self.B.transpose(0, 2, 1) * s[:, None, :]) @ self.B
+            return (s @ self.G).reshape(m, j, dr, dr)
+        rows = self.B.transpose(0, 2, 1)[:, None] * s[:, :, None, :]  # (m, j, dr, q₁)
+        return (rows.reshape(m, j * dr, -1) @ self.B).reshape(m, j, dr, dr)
 
 
 def reduce(A: np.ndarray, layout: Layout) -> Reduced:
@@ -253,8 +259,12 @@ def criterion(
     if k:
         t1 = theta[:, :1]
         c = red.counts
-        den = 1.0 + t1**2 * c
-        A_t = red.A - red.weighted(t1**2 / den)
+        sq = t1**2 * c
+        den = 1.0 + sq
+        # s = θ₁²/(1 + θ₁²c) and, as the order asks, ∂s/∂θ₁ and ∂²s/∂θ₁², weighted at once.
+        s = [t1**2 / den, 2.0 * t1 / den**2, 2.0 * (1.0 - 3.0 * sq) / den**3][: order + 1]
+        W = red.weighted(np.stack(s, axis=1))
+        A_t = red.A - W[:, 0]
         ell = (red.mult * np.log(den)).sum(axis=1)
     else:
         A_t, ell = red.A, np.zeros(m)
@@ -311,9 +321,7 @@ def criterion(
     d_ell = np.zeros((m, k))
     if k:
         # Term 1 (eliminated): D_0 = −S W₁ S with W₁ = Σ s'_i a_i a_i'.
-        sq = t1**2 * c
-        s1 = 2.0 * t1 / den**2  # ∂s/∂θ₁
-        G1 = red.weighted(s1) * scale[:, None, :]  # W₁ S
+        G1 = W[:, 1] * scale[:, None, :]  # W₁ S
         F = -G1 * scale[:, :, None]
         Fv = np.einsum("mij,mj->mi", F, v)
         tr_D[:, 0] = np.einsum("mij,mij->m", Kk, F)
@@ -333,8 +341,7 @@ def criterion(
     extra = np.zeros((m, k, k))
     if k:
         # Pairs with term 1: D_00 = −S W₂ S, D_0b = −(E_b G₁ + G₁'E_b).
-        s2 = 2.0 * (1.0 - 3.0 * sq) / den**3
-        F2 = -red.weighted(s2) * scale[:, None, :] * scale[:, :, None]
+        F2 = -W[:, 2] * scale[:, None, :] * scale[:, :, None]
         FK = F @ Kk
         tr_DD[:, 0, :] = tr_DD[:, :, 0] = 2.0 * sums(np.einsum("mij,mji->mi", C, FK))
         tr_DD[:, 0, 0] = np.einsum("mij,mji->m", FK, FK)
