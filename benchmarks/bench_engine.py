@@ -7,10 +7,13 @@
 3. combat    — ``y ~ condition + (1|batch)``, 22283 × 57 complete, 5 batches; full REML fit with
                BLUPs; peer: ``scanpy.pp.combat`` on the same matrix.  Also peak traced memory of
                the fit relative to the input matrix.
+4. slopes    — ``y ~ Days + (Days|Subject)`` and ``(Days||Subject)``, 500 features × 18 subjects ×
+               10 days (sleepstudy's shape), 10% missing; peer: lme4.
 
 Every omixed time is the best of a few repeats, for ``n_jobs=1`` and ``n_jobs=2``.
 
-Usage: ``python benchmarks/bench_engine.py [--no-lme4] [--repeats N]``.  Runs in under 3 minutes.
+Usage: ``python benchmarks/bench_engine.py [--no-lme4] [--repeats N] [--only NAME]``.  Runs in
+about 3 minutes.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from omixed import lmm
 CROSSED = "y ~ condition + (1|batch) + (1|donor)"
 PEPTIDES = "y ~ condition + (1|batch) + (1|sample) + (1|peptide)"
 COMBAT = "y ~ condition + (1|batch)"
+SLOPES = ("y ~ Days + (Days|Subject)", "y ~ Days + (Days||Subject)")
 
 
 def crossed_data(n_features=1000, n_batch=5, n_donor=20, reps=3, missing=0.2, seed=0):
@@ -112,6 +116,20 @@ def combat_data(n_features=22283, n_samples=57, n_batch=5, seed=0):
     return Y, design
 
 
+def slopes_data(n_features=500, n_subjects=18, n_days=10, missing=0.1, seed=0):
+    """Random intercepts and slopes per subject, sleepstudy's design; ``Y`` is rows × features."""
+    rng = np.random.default_rng(seed)
+    subject = np.repeat(np.arange(n_subjects), n_days)
+    days = np.tile(np.arange(n_days, dtype=float), n_subjects)
+    design = pd.DataFrame({"Subject": [f"S{s:02d}" for s in subject], "Days": days})
+    intercept = rng.normal(size=(n_subjects, n_features))
+    slope = 0.3 * (0.5 * intercept + rng.normal(size=(n_subjects, n_features)))  # correlated
+    noise = rng.normal(size=(days.size, n_features))
+    Y = intercept[subject] + slope[subject] * days[:, None] + noise
+    Y[rng.random(Y.shape) < missing] = np.nan
+    return Y, design
+
+
 def best_time(run: Callable[[], object], repeats: int) -> tuple[float, object]:
     best, out = np.inf, None
     for _ in range(repeats):
@@ -183,6 +201,24 @@ def bench_peptides(repeats: int, use_lme4: bool) -> None:
         _report_lme4(times, n, full, PEPTIDES, 60, res)
 
 
+def bench_slopes(repeats: int, use_lme4: bool) -> None:
+    Y, design = slopes_data()
+    n = Y.shape[1]
+    names = [f"F{f:05d}" for f in range(n)]
+    for formula in SLOPES:
+        print(f"\n[slopes] {formula}: {n} features × {Y.shape[0]} rows (18 subjects), 10% missing")
+        times = {}
+        for jobs in (1, 2):
+            times[jobs], res = best_time(
+                lambda j=jobs, f=formula: lmm.fit(Y, design, f, n_jobs=j, feature_names=names),
+                repeats,
+            )
+        _report_omixed("slopes", n, times)
+        print(f"  converged {res.converged.mean():.1%}")
+        if use_lme4:
+            _report_lme4(times, n, _long_from_wide(Y, design), formula, 50, res)
+
+
 def bench_combat(repeats: int) -> None:
     import anndata as ad
 
@@ -212,7 +248,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-lme4", action="store_true", help="skip the lme4 peer")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["crossed", "peptides", "combat"])
+    parser.add_argument("--only", choices=["crossed", "peptides", "combat", "slopes"])
     args = parser.parse_args()
     use_lme4 = not args.no_lme4
     for jobs in (1, 2):  # warm up imports and the joblib workers
@@ -223,6 +259,8 @@ def main() -> None:
         bench_peptides(args.repeats, use_lme4)
     if args.only in (None, "combat"):
         bench_combat(args.repeats)
+    if args.only in (None, "slopes"):
+        bench_slopes(args.repeats, use_lme4)
 
 
 if __name__ == "__main__":
