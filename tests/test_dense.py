@@ -18,7 +18,7 @@ from omixed.lmm._dense import (
     reduce_dense,
 )
 from omixed.lmm._fit import _design, prepare
-from omixed.lmm._objective import factor_criterion
+from omixed.lmm._objective import criterion, estimates, factor_criterion, reduce
 
 FORMULAS = [
     "~ x + (x|g)",
@@ -181,3 +181,69 @@ def test_correlated_fits_do_not_depend_on_chunks_or_jobs(formula):
         pd.testing.assert_frame_equal(other.variance, ref.variance, check_exact=True)
         for term, blup in ref.blup.items():
             pd.testing.assert_frame_equal(other.blup[term], blup, check_exact=True)
+
+
+# Several terms on one factor without correlations: eliminated level by level with a diagonal T.
+SCALAR_GROUPS = [
+    "~ x + (x||g)",
+    "~ x + (1|g) + (0 + x|g) + (1|batch)",
+    "~ x + (1|batch) + (x + z||g)",  # three terms on g, which is not first in the formula
+    "~ x + (0 + x + z||g) + (z||site)",  # a second group stays in the reduced system
+]
+SAME_FACTOR = [*SCALAR_GROUPS, "~ x + (x|g) + (0 + z|g)"]  # T with one off-diagonal of three
+
+
+def test_design_eliminates_the_factor_with_the_most_columns():
+    data = _data()
+    cases = {
+        "~ x + (1|batch) + (x||g)": ("g", "g.x", "batch"),
+        "~ x + (1|g) + (1|batch) + (0 + x|g)": ("g", "g.x", "batch"),
+        "~ x + (1|batch) + (z||site)": ("site", "site.z", "batch"),  # 6 columns, batch 4
+        "~ x + (1|batch) + (z|site)": ("site", "site.z", "batch"),
+    }
+    for formula, names in cases.items():
+        design = _design(lmm.build_spec(data, formula))
+        assert design.term_names == names
+        assert design.dense.levels.shape == (data[names[0]].nunique(), 2)
+        assert design.correlated == ("(z|site)" in formula)
+    # A lone scalar term first: the closed-form elimination of _objective.
+    design = _design(lmm.build_spec(data, "~ x + (1|g) + (0 + x|batch)"))
+    assert design.dense is None and design.term_names == ("g", "batch.x")
+
+
+@pytest.mark.parametrize("formula", SCALAR_GROUPS)
+@pytest.mark.parametrize("reml", [True, False])
+def test_scalar_group_elimination_equals_the_closed_form_one(formula, reml):
+    # _objective eliminates only the group's first term and keeps the others in its reduced
+    # system; the criterion, gradient, Hessian and estimates are the same functions of θ.
+    layout, A, n_obs, p_eff, theta = _problem(formula)
+    design = _design(lmm.build_spec(_data(), formula))
+    assert not design.correlated and design.layout.n_theta == layout.n_theta
+    theta[0, 0] = theta[1, 1] = theta[2, -1] = 0.0  # on the bound too
+    got = dense_criterion(theta, reduce_dense(A, layout), n_obs, p_eff, layout, reml=reml, order=2)
+    want = criterion(theta, reduce(A, design.layout), n_obs, p_eff, reml=reml, order=2)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
+    got = dense_estimates(theta, A, layout, n_obs, p_eff, reml)
+    want = estimates(theta, A, design.layout, n_obs, p_eff, reml)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("formula", SAME_FACTOR)
+@pytest.mark.parametrize("reml", [True, False])
+def test_same_factor_elimination_equals_the_unreduced_criterion(formula, reml):
+    test_eliminated_criterion_equals_the_unreduced_one(formula, reml)
+    test_gradient_and_hessian_match_finite_differences(formula, reml)
+
+
+@pytest.mark.parametrize("formula", SAME_FACTOR)
+def test_same_factor_estimates_match_a_full_solve(formula):
+    test_estimates_match_a_solve_of_the_unreduced_system(formula)
+
+
+@pytest.mark.parametrize(
+    "formula", ["~ Days + (Days||Subject)", "~ Days + (1|batch) + (Days||Subject)"]
+)
+def test_same_factor_fits_do_not_depend_on_chunks_or_jobs(formula):
+    test_correlated_fits_do_not_depend_on_chunks_or_jobs(formula)

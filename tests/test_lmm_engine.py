@@ -354,3 +354,46 @@ def test_sparse_cross_products_equal_dense_ones():
         My = np.column_stack([M, Y[f]])
         np.testing.assert_allclose(A[f], (My * W[f, :, None]).T @ My, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(CrossProducts.from_design(M)(Y[:4], W[:4]), A[:4])
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_scalar_terms_on_one_factor_fit_as_in_the_closed_form_path(reml):
+    # (Days||Subject) = (1|Subject) + (0 + Days|Subject) is eliminated level by level (see
+    # _dense); with the slope on a relabeled copy of Subject (the same partition, other codes)
+    # the same model goes through _objective's closed-form elimination of one term.  Missing
+    # values, weights, and a feature whose slope is seen at one level (its variance fixed at 0).
+    rng = np.random.default_rng(0)
+    n_sub, n_t, m = 12, 6, 40
+    g = np.repeat(np.arange(n_sub), n_t)
+    days = np.tile(np.arange(n_t, dtype=float), n_sub)
+    data = pd.DataFrame(
+        {
+            "Subject": [f"S{i:02d}" for i in g],
+            "Copy": [f"C{n_sub - i:02d}" for i in g],  # levels in reverse order
+            "Days": days,
+        }
+    )
+    Y = (
+        rng.normal(size=(n_sub, m))[g]
+        + 0.3 * rng.normal(size=(n_sub, m))[g] * days[:, None]
+        + rng.normal(size=(n_sub * n_t, m))
+    )
+    Y[rng.random(Y.shape) < 0.15] = np.nan
+    Y[(g > 0) & (days > 0), 0] = np.nan
+    W = rng.uniform(0.5, 2.0, size=Y.shape)
+    from omixed.lmm._fit import _design
+
+    closed_form = "~ Days + (1|Subject) + (0 + Days|Copy)"
+    assert _design(lmm.build_spec(data, closed_form)).dense is None
+    res = lmm.fit(Y, data, "~ Days + (Days||Subject)", weights=W, reml=reml)
+    ref = lmm.fit(Y, data, closed_form, weights=W, reml=reml)
+    assert res.converged.all() and ref.converged.all()
+    assert res.notes.iloc[0] == "Subject.Days has < 2 observed levels: variance fixed at 0"
+    assert list(res.theta.columns) == ["Subject", "Subject.Days"]
+    assert list(res.variance.columns) == ["Subject", "Subject.Days", "Residual"]
+    np.testing.assert_allclose(res.criterion, ref.criterion, rtol=1e-12)
+    for name in ("theta", "variance", "beta", "se"):
+        np.testing.assert_allclose(getattr(res, name), getattr(ref, name), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(res.blup["Subject"], ref.blup["Subject"], rtol=1e-9, atol=1e-12)
+    slope = ref.blup["Copy.Days"].to_numpy()[:, ::-1]
+    np.testing.assert_allclose(res.blup["Subject.Days"], slope, rtol=1e-9, atol=1e-12)

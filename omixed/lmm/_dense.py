@@ -1,18 +1,24 @@
-"""The profiled criterion for correlated (vector-valued) random terms such as ``(x|g)``.
+"""The profiled criterion for several random terms on one grouping factor, level by level.
 
-It is minimized by :func:`minimize_dense` (several starts, see there).
+Such terms are the components of a correlated (vector-valued) term ``(x|g)`` or scalar terms
+that share a factor, ``(1|g) + (0 + x|g)`` (the expansion of ``(x||g)``).  With correlated
+terms the criterion is minimized by :func:`minimize_dense` (several starts, see there).
 
 Notation as in :mod:`._objective`, with ``Λ`` no longer diagonal: a correlated term with
 components ``a = 1..b`` (intercept, slopes) has a lower-triangular ``T`` (``b × b``) and
 ``b_{l,a} = Σ_{c ≤ a} T_ac u_{l,c}`` for every level ``l``.  Its parameters are the diagonal
-``T_aa ≥ 0`` (one per component, like a scalar term's θ) and the free off-diagonals ``T_ac``.
+``T_aa ≥ 0`` (one per component, like a scalar term's θ) and the free off-diagonals ``T_ac``;
+scalar terms on one factor make a diagonal ``T`` (no off-diagonal parameters).
 With ``S = blockdiag(Λ, I_p, 1)`` (``S[r, c] = θ_j`` for the entries ``(r, c)`` of parameter
 ``j``) the criterion comes from ``Ω = S'AS + diag(I_q, 0, 0)`` exactly as in :mod:`._objective`
-(:func:`lambda_matrix` builds ``S``; :mod:`._inference` differentiates that unreduced ``Ω``).
+(:func:`lambda_matrix` builds ``S``; :mod:`._inference` differentiates that unreduced ``Ω``
+for correlated terms).
 
-Block elimination.  The correlated term with the most levels ("term 1") is eliminated level by
-level.  Its rows of ``Z`` belong to one level each, so ``Z₁'WZ₁`` is block diagonal with a
-``b × b`` block ``C_l`` per level, and so is term 1's block of ``Ω``: ``M_l = T'C_l T + I``.
+Block elimination.  The terms on one factor ("term 1", ``b`` components: the factor with the
+most random-effect columns, see ``_fit._design``) are eliminated level by level.  Their rows of
+``Z`` belong to one level each, so ``Z₁'WZ₁`` is block diagonal with a ``b × b`` block ``C_l``
+per level, and so is term 1's block of ``Ω``: ``M_l = T'C_l T + I``, where ``T`` holds term 1's
+parameters at their entries (a correlated term's lower triangle, or the diagonal alone).
 With ``B_l = A_{l,r}`` (term 1's rows at level ``l`` against the ``dr`` remaining columns: the
 other random terms, ``X`` and ``y``), ``N_l = M_l⁻¹``, ``G_l = T N_l`` and ``P_l = T N_l T'``::
 
@@ -95,7 +101,7 @@ class DenseLayout:
     """Where each parameter sits in ``S``: entries ``(rows[i], cols[i])`` hold ``θ[which[i]]``.
 
     ``levels[l, a]`` is the column of ``A`` of term 1's component ``a`` at level ``l`` (the
-    correlated term eliminated level by level, see the module notes).
+    terms on the factor eliminated level by level, see the module notes).
     """
 
     q: int
@@ -323,7 +329,7 @@ def dense_criterion(
     n_obs, p_eff
         Observations and estimable fixed effects per feature.
     layout
-        The correlated terms' layout.
+        Where the parameters sit (:class:`DenseLayout`).
     reml
         REML criterion if true, else the ML deviance.
     order

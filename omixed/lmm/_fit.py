@@ -22,7 +22,7 @@ from ._dense import (
 from ._objective import Layout, criterion, estimates, reduce, use_count_classes
 from ._optimize import minimize
 from ._result import LMMResult
-from ._spec import ModelSpec, aliased_mask, build_spec
+from ._spec import ModelSpec, RandomTerm, aliased_mask, build_spec
 from ._spectral import Spectral, spectral_fit
 from ._starts import moment_starts
 
@@ -34,7 +34,11 @@ _DEFAULT_CHUNK_BYTES = 32 * 2**20
 
 @dataclass(frozen=True)
 class _Design:
-    """The shared design in elimination order: ``M = [Z_1 … Z_G X]`` and its layout."""
+    """The shared design in elimination order: ``M = [Z_1 … Z_G X]`` and its layout.
+
+    The elimination order puts the terms of the eliminated factor first (see :func:`_design`),
+    then the others by decreasing number of levels.
+    """
 
     M: np.ndarray
     layout: Layout
@@ -43,7 +47,7 @@ class _Design:
     spectral: Spectral | None  # the one-term shortcut's design pieces, if it applies
     fixed_names: tuple[str, ...]
     term_names: tuple[str, ...]  # elimination order
-    dense: DenseLayout | None = None  # correlated terms: their own criterion (see _dense)
+    dense: DenseLayout | None = None  # a factor's terms eliminated together (see _dense)
     extra_names: tuple[str, ...] = ()  # dense: names of the off-diagonal parameters
     covariances: tuple[tuple[int, int], ...] = ()  # dense: term pairs with a covariance
 
@@ -51,88 +55,117 @@ class _Design:
     def n_theta(self) -> int:
         return self.dense.n_theta if self.dense is not None else self.layout.n_theta
 
+    @property
+    def correlated(self) -> bool:
+        """Whether some term has off-diagonal parameters (a correlated ``(x|g)``)."""
+        return bool(self.extra_names)
+
     @cached_property
     def cross_products(self) -> CrossProducts:
         """Every chunk's ``[M y]'W[M y]``, from the sparsity of ``M`` (see _crossprod)."""
         return CrossProducts.from_design(self.M)
 
 
+def _factors(terms: tuple[RandomTerm, ...]) -> list[list[int]]:
+    """The terms grouped by grouping factor (equal codes), each group in formula order."""
+    groups: list[list[int]] = []
+    for i, term in enumerate(terms):
+        same = (g for g in groups if np.array_equal(terms[g[0]].codes, term.codes))
+        group = next(same, None)
+        if group is None:
+            groups.append([i])
+        else:
+            group.append(i)
+    return groups
+
+
 def _design(spec: ModelSpec) -> _Design:
-    if spec.blocks:
-        return _dense_design(spec)
-    order = np.argsort([-t.n_levels for t in spec.terms], kind="stable")
-    Z = [spec.terms[i].indicator() for i in order]
-    M = np.hstack([*Z, spec.X]) if Z else spec.X.copy()
-    sizes = tuple(spec.terms[i].n_levels for i in order)
-    # Group the eliminated term's levels by count when that stores less than the levels do.
-    # Counts are the diagonal of Z'Z only for 0/1 intercept columns: slopes keep a class per level.
-    first = spec.terms[order[0]] if Z else None
-    largest = int(Z[0].sum(axis=0).max()) if first is not None and first.is_intercept else 0
-    p = spec.X.shape[1]
-    dr = sum(sizes[1:]) + p + 1
-    classes = largest if Z and use_count_classes(largest, sizes[0], dr) else 0
-    layout = Layout(sizes, p, classes)
-    ones = np.flatnonzero(np.all(spec.X == 1.0, axis=0))
-    names = tuple(spec.terms[i].name for i in order)
-    intercept = int(ones[0]) if ones.size else None
-    spectral = Spectral.from_design(spec.X, Z[0]) if len(Z) == 1 else None
-    return _Design(M, layout, order, intercept, spectral, spec.fixed_names, names)
+    """The design of ``spec`` and how its criterion eliminates the random effects.
 
-
-def _dense_design(spec: ModelSpec) -> _Design:
-    """Correlated terms: formula order, Λ entries per parameter.
-
-    The criterion eliminates the correlated term with the most levels level by level (see
-    :mod:`._dense`); the other terms stay in its reduced system.
+    The factor whose terms have the most columns (the first of equal ones, terms taken by
+    decreasing number of levels) is eliminated first.  A lone scalar term there goes through
+    :mod:`._objective`, which eliminates it in closed form.  Several terms on that factor (the
+    components of ``(x|g)``, or scalar terms such as ``(1|g) + (0 + x|g)``), or correlated terms
+    anywhere, go through :mod:`._dense`, which eliminates the factor's terms level by level.
     """
     terms = spec.terms
-    Z = [t.indicator() for t in terms]
-    sizes = tuple(t.n_levels for t in terms)
+    by_levels = [int(i) for i in np.argsort([-t.n_levels for t in terms], kind="stable")]
+    first = max(
+        _factors(terms),
+        key=lambda g: (sum(terms[i].n_levels for i in g), -by_levels.index(g[0])),
+        default=[],
+    )
+    order = np.array([*first, *(i for i in by_levels if i not in first)], dtype=int)
+    Z = [terms[i].indicator() for i in order]
+    sizes = tuple(terms[i].n_levels for i in order)
+    p = spec.X.shape[1]
+    dense, extra, pairs, classes, spectral = None, (), (), 0, None
+    if spec.blocks or len(first) > 1:
+        dense, extra, pairs = _dense_design(spec, order, len(first))
+    elif Z:
+        # Group the eliminated term's levels by count when that stores less than the levels do.
+        # Counts are the diagonal of Z'Z only for 0/1 intercept columns: slopes keep a class per
+        # level.
+        largest = int(Z[0].sum(axis=0).max()) if terms[order[0]].is_intercept else 0
+        dr = sum(sizes[1:]) + p + 1
+        classes = largest if use_count_classes(largest, sizes[0], dr) else 0
+        spectral = Spectral.from_design(spec.X, Z[0]) if len(Z) == 1 else None
+    ones = np.flatnonzero(np.all(spec.X == 1.0, axis=0))
+    return _Design(
+        np.hstack([*Z, spec.X]) if Z else spec.X.copy(),
+        Layout(sizes, p, classes),
+        order,
+        int(ones[0]) if ones.size else None,
+        spectral,
+        spec.fixed_names,
+        tuple(terms[i].name for i in order),
+        dense,
+        extra,
+        pairs,
+    )
+
+
+def _dense_design(
+    spec: ModelSpec, order: np.ndarray, n_first: int
+) -> tuple[DenseLayout, tuple[str, ...], tuple[tuple[int, int], ...]]:
+    """Where each parameter sits in ``Λ``, the terms in elimination ``order``.
+
+    The first ``n_first`` terms share the factor that :mod:`._dense` eliminates level by level.
+    Returns the :class:`DenseLayout`, the names of the off-diagonal parameters (``"a~c"``:
+    ``T_ac`` of a correlated term, lme4's column order) and the pairs of terms (elimination
+    positions) that have a covariance.
+    """
+    terms = spec.terms
+    position = np.empty(len(terms), dtype=int)
+    position[order] = np.arange(len(terms))
+    sizes = [terms[i].n_levels for i in order]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    rows, cols, which = [], [], []
-    for j, t in enumerate(terms):  # the diagonal: each component's own SD
-        lv = np.arange(t.n_levels)
-        (
-            rows.append(offsets[j] + lv),
-            cols.append(offsets[j] + lv),
-            which.append(np.full(lv.size, j)),
-        )
+    # The diagonal: each term's own SD at every level.
+    rows = [offsets[j] + np.arange(n) for j, n in enumerate(sizes)]
+    cols = list(rows)
+    which = [np.full(n, j) for j, n in enumerate(sizes)]
     extra, pairs = [], []
-    for block in spec.blocks:  # lower triangle of each correlated term's T, lme4's column order
+    for block in spec.blocks:  # lower triangle of each correlated term's T
         for c_pos, c in enumerate(block):
             for a in block[c_pos + 1 :]:
                 lv = np.arange(terms[a].n_levels)
-                rows.append(offsets[a] + lv), cols.append(offsets[c] + lv)
+                rows.append(offsets[position[a]] + lv)
+                cols.append(offsets[position[c]] + lv)
                 which.append(np.full(lv.size, len(terms) + len(extra)))
                 extra.append(f"{terms[a].name}~{terms[c].name}")
-        pairs += [(a, b) for i, a in enumerate(block) for b in block[i + 1 :]]
+        pairs += [(position[a], position[b]) for i, a in enumerate(block) for b in block[i + 1 :]]
     k = len(terms) + len(extra)
-    lower = np.where(np.arange(k) < len(terms), 0.0, -np.inf)
-    p = spec.X.shape[1]
-    largest = max(spec.blocks, key=lambda blk: sizes[blk[0]])  # the first of equal ones
-    levels = offsets[list(largest)][None, :] + np.arange(sizes[largest[0]])[:, None]
+    levels = offsets[:n_first][None, :] + np.arange(sizes[0])[:, None]
     dense = DenseLayout(
         sum(sizes),
-        p,
+        spec.X.shape[1],
         np.concatenate(rows),
         np.concatenate(cols),
         np.concatenate(which),
-        lower,
+        np.where(np.arange(k) < len(terms), 0.0, -np.inf),
         levels,
     )
-    ones = np.flatnonzero(np.all(spec.X == 1.0, axis=0))
-    return _Design(
-        np.hstack([*Z, spec.X]),
-        Layout(sizes, p, 0),
-        np.arange(len(terms)),
-        int(ones[0]) if ones.size else None,
-        None,
-        spec.fixed_names,
-        tuple(t.name for t in terms),
-        dense,
-        tuple(extra),
-        tuple(pairs),
-    )
+    return dense, tuple(extra), tuple((int(a), int(b)) for a, b in pairs)
 
 
 def _check_response(Y: np.ndarray, n_rows: int, nonfinite: str) -> np.ndarray:
@@ -406,7 +439,7 @@ def _fit_chunk(
     rows = np.flatnonzero(ok)
     A_ok, n_ok, p_ok = A[rows], n_obs[rows], p_eff[rows].astype(np.float64)
     k = design.n_theta
-    if design.dense is not None:  # a block's correlations go with its components' variances
+    if design.correlated:  # a block's correlations go with its components' variances
         extra = np.zeros((m, k - layout.n_theta), dtype=bool)
         for i, name in enumerate(design.extra_names):
             a, c = (design.term_names.index(n) for n in name.split("~"))
@@ -451,7 +484,7 @@ def _fit_chunk(
             # SDs start from each of _STARTS, correlations (free parameters) from 0.
             starts = np.where(np.isfinite(lower), np.array(_STARTS)[:, None, None], 0.0)
             starts = np.broadcast_to(starts, (len(_STARTS), general.size, k))
-            if design.dense is None:
+            if not design.correlated:
                 # Moment estimates first: usually the best start, by far (see _starts).
                 moments = moment_starts(A_ok[general], layout, n_g)[None]
                 opt = minimize(

@@ -11,8 +11,10 @@ For one feature fit by REML at θ̂, with ``n`` observations, ``p`` estimable fi
 
 Satterthwaite (lmerTest; Kuznetsova, Brockhoff & Christensen 2017, JSS 82(13))
 -----------------------------------------------------------------------------------
-The variance parameters are ``varpar = (θ_1 … θ_G, σ)`` (lme4's θ order: terms by decreasing
-number of levels).  lmerTest's ``devfun_vp`` is the REML deviance at *given* (θ, σ), not profiled::
+The variance parameters are ``varpar = (θ_1 … θ_G, σ)`` in the fit's elimination order (the terms
+of the factor eliminated first, then the others by decreasing number of levels; lme4 orders them
+all by decreasing number of levels, which leaves df unchanged).  lmerTest's ``devfun_vp`` is the
+REML deviance at *given* (θ, σ), not profiled::
 
     dev(θ, σ) = log|N(θ)| + r²(θ)/σ² + ν log(2πσ²),
 
@@ -39,8 +41,8 @@ blocks, ``P = N⁻¹`` and ``w = (−P b, 1)`` the minimizer of ``r²``::
     ∂ l'(R_X'R_X)⁻¹l = −v'N_a v,   v = P l̃   (l̃ = l padded with zeros on the random columns),
 
 (the second line is the envelope theorem for a minimum of a quadratic form), and the σ
-derivatives of dev are closed-form.  As in :mod:`._objective`, the first (largest) term is
-eliminated in closed form: its block of Ω is diagonal, ``1 + θ₁² c_i``, so everything above is
+derivatives of dev are closed-form.  As in :mod:`._objective`, the first term is eliminated
+in closed form: a scalar term's block of Ω is diagonal, ``1 + θ₁² c_i``, so everything above is
 computed on the Schur complement ``Ω̃ = S_r Ã(θ₁) S_r + I``, ``Ã = A_rr − A_r1 diag(s) A_1r``,
 ``s_i = θ₁²/(1 + θ₁² c_i)``, with ``log|N| = Σ_i log(1 + θ₁² c_i) + log|Ñ|``.  Every feature is a
 slice of one batched array: there is no loop over features.
@@ -406,7 +408,7 @@ def _moments_chunk(
     m = Yt.shape[0]
     q, p, k = layout.q, layout.p, design.n_theta
     # Random columns left in the solved system: all of them for correlated terms (dense).
-    qr = q if design.dense is not None or not k else q - layout.sizes[0]
+    qr = q if design.correlated or not k else q - layout.sizes[0]
 
     # Standardize and drop non-estimable coefficients exactly as the fit does.
     prep = prepare(Yt, design)
@@ -435,7 +437,7 @@ def _moments_chunk(
     if not rows.size:
         return out
 
-    if design.dense is not None:
+    if design.correlated:
         sys = _dense_system(A[rows], theta[rows], design.dense)
     else:
         sys = _system(A[rows], theta[rows], layout)
@@ -527,7 +529,7 @@ def _theta_frame(theta, term_names: tuple[str, ...], n_features: int) -> pd.Data
 def _chunk_size(design: _Design) -> int:
     d = design.layout.dim
     k = design.n_theta
-    dr = d if design.dense is not None or not k else d - design.layout.sizes[0]
+    dr = d if design.correlated or not k else d - design.layout.sizes[0]
     per_feature = 8 * (3 * d**2 + dr**2 * (k * (k + 1) // 2 + 2 * k + 6))
     return int(max(16, min(8192, _CHUNK_BYTES // per_feature)))
 
