@@ -45,24 +45,62 @@ def moment_starts(A: np.ndarray, layout: Layout, n_obs: np.ndarray) -> np.ndarra
     counts = np.diagonal(A[:, :q, :q], axis1=1, axis2=2)
     n = np.asarray(n_obs, dtype=np.float64)
     offsets = np.concatenate([[0], np.cumsum(layout.sizes)]).astype(int)
-    between, within = np.empty((m, k)), np.empty((m, k))
+    ssb, levels, n0, within = (np.empty((m, k)) for _ in range(4))
     with np.errstate(divide="ignore", invalid="ignore"):
         for g in range(k):
             cols = slice(offsets[g], offsets[g + 1])
             c = counts[:, cols]
             sums = A[:, cols, -1] - np.einsum("mlj,mj->ml", A[:, cols, fixed], beta)
             seen = c > 0
-            levels = seen.sum(axis=1)
-            ssb = np.where(seen, sums**2 / np.where(seen, c, 1.0), 0.0).sum(axis=1)
-            within[:, g] = (rss - ssb) / (n - levels - p + 1)
-            n0 = (n - (c**2).sum(axis=1) / n) / (levels - 1)
-            between[:, g] = np.maximum(ssb / (levels - 1) - within[:, g], 0.0) / n0
+            levels[:, g] = seen.sum(axis=1)
+            ssb[:, g] = np.where(seen, sums**2 / np.where(seen, c, 1.0), 0.0).sum(axis=1)
+            within[:, g] = (rss - ssb[:, g]) / (n - levels[:, g] - p + 1)
+            n0[:, g] = (n - (c**2).sum(axis=1) / n) / (levels[:, g] - 1)
+        ssb, df = _unnest(ssb, levels, A, counts, offsets)
         if A.shape[1] - (layout.sizes[0] if k else 0) <= _FULL_LIMIT:
+            # The residual variance, not each one-way within variance: those also hold the
+            # terms crossed with g (peptides within a sample), which level means average out.
             residual = _residual_variance(A, layout, n)
-        else:  # too large to factor per feature: the smallest one-way within variance
+            noise = residual[:, None]
+        else:  # too large to factor per feature: the one-way within variances
             residual = np.min(np.where(within > 0, within, np.inf), axis=1)
+            noise = within
+        between = np.maximum(ssb / df - noise, 0.0) / n0
         theta = np.sqrt(between / residual[:, None])
     return np.where(np.isfinite(theta), theta, 1.0)
+
+
+def _unnest(
+    ssb: np.ndarray, levels: np.ndarray, A: np.ndarray, counts: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Between-level sums of squares and their df, of nested terms within the coarser term.
+
+    The means of a nested term's levels (samples) also vary with the coarser term's effects
+    (batches), so its one-way sum of squares holds both; the part within the coarser levels is
+    ``SSB_g − SSB_h`` on ``L_g − L_h`` df (the coarser sums are sums of the nested ones).
+    Nesting is read per feature off the observed cross-counts: every observed level of ``g``
+    meets one level of ``h``, which has fewer (and at least two) observed levels; of several
+    such ``h`` the finest (largest ``SSB_h``) is taken.
+    """
+    seen = counts > 0
+    coarser = np.zeros_like(ssb)
+    coarser_levels = np.ones_like(levels)
+    for g in range(ssb.shape[1]):
+        cg = slice(offsets[g], offsets[g + 1])
+        for h in range(ssb.shape[1]):
+            ch = slice(offsets[h], offsets[h + 1])
+            if h == g:
+                continue
+            meets = (A[:, cg, ch] != 0).sum(axis=2)
+            nested = (
+                np.all(meets <= seen[:, cg], axis=1)
+                & (levels[:, h] < levels[:, g])
+                & (levels[:, h] >= 2)
+                & (ssb[:, h] > coarser[:, g])
+            )
+            coarser[:, g] = np.where(nested, ssb[:, h], coarser[:, g])
+            coarser_levels[:, g] = np.where(nested, levels[:, h], coarser_levels[:, g])
+    return ssb - coarser, levels - coarser_levels
 
 
 def _residual_variance(A: np.ndarray, layout: Layout, n: np.ndarray) -> np.ndarray:
