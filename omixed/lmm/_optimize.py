@@ -74,14 +74,17 @@ def minimize(
     n_starts, m, k = starts.shape
     lower = np.zeros(k) if lower is None else np.asarray(lower, dtype=np.float64)
     everyone = np.arange(m)
-    # All starting points in one batched evaluation.
+    # All starting points in one batched evaluation (nothing to choose from a single one).
     cand = np.where(fixed, 0.0, starts).reshape(n_starts * m, k)
-    f_all, _, _ = objective(cand, np.tile(everyone, n_starts), 0)
-    f_all = np.where(np.isnan(f_all), np.inf, f_all).reshape(n_starts, m)
-    best = np.argmin(f_all, axis=0)  # first of equal values, as a sequential scan would pick
+    if n_starts > 1:
+        f_all, _, _ = objective(cand, np.tile(everyone, n_starts), 0)
+        f_all = np.where(np.isnan(f_all), np.inf, f_all).reshape(n_starts, m)
+        best = np.argmin(f_all, axis=0)  # the first of equal values
+    else:
+        best = np.zeros(m, dtype=np.int64)
     theta = cand.reshape(n_starts, m, k)[best, everyone]
     theta0 = theta.copy()
-    n_eval = np.full(m, n_starts, dtype=np.int64)
+    n_eval = np.full(m, n_starts if n_starts > 1 else 0, dtype=np.int64)
 
     f, g, hess = objective(theta, everyone, 2)
     n_eval += 1
