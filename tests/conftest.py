@@ -160,3 +160,16 @@ def snakemake(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def check(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, result.stdout
     return result.stdout
+
+
+def dense_lambda(theta: np.ndarray, layout) -> np.ndarray:
+    """``S = blockdiag(Λ(θ), I_p, 1)`` of a correlated-terms layout, ``(m, dim, dim)``.
+
+    The unreduced system ``Ω = S'AS + diag(I_q, 0, 0)`` built from it is the reference the
+    level-by-level elimination of :mod:`omixed.lmm._dense` is tested against.
+    """
+    S = np.zeros((theta.shape[0], layout.dim, layout.dim))
+    idx = np.arange(layout.q, layout.dim)
+    S[:, idx, idx] = 1.0
+    S[:, layout.rows, layout.cols] = theta[:, layout.which]
+    return S

@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import dense_lambda
 
 from omixed import lmm
 from omixed.lmm._dense import (
     dense_criterion,
     dense_estimates,
-    lambda_matrix,
     reduce_dense,
 )
 from omixed.lmm._fit import _design, prepare
@@ -62,7 +62,7 @@ def _problem(formula: str, seed: int = 2):
 @pytest.mark.parametrize("reml", [True, False])
 def test_eliminated_criterion_equals_the_unreduced_one(formula, reml):
     layout, A, n_obs, p_eff, theta = _problem(formula)
-    S = lambda_matrix(theta, layout)
+    S = dense_lambda(theta, layout)
     full, _, _, _ = factor_criterion(
         S.transpose(0, 2, 1) @ A @ S, layout.q, np.zeros(A.shape[0]), n_obs, p_eff, reml
     )
@@ -96,7 +96,7 @@ def test_estimates_match_a_solve_of_the_unreduced_system(formula):
     layout, A, n_obs, p_eff, theta = _problem(formula)
     q = layout.q
     beta, se, blup, sigma2 = dense_estimates(theta, A, layout, n_obs, p_eff, reml=True)
-    S = lambda_matrix(theta, layout)
+    S = dense_lambda(theta, layout)
     Om = S.transpose(0, 2, 1) @ A @ S
     Om[:, np.arange(q), np.arange(q)] += 1.0
     inv = np.linalg.inv(Om[:, :-1, :-1])

@@ -11,8 +11,7 @@ components ``a = 1..b`` (intercept, slopes) has a lower-triangular ``T`` (``b ×
 scalar terms on one factor make a diagonal ``T`` (no off-diagonal parameters).
 With ``S = blockdiag(Λ, I_p, 1)`` (``S[r, c] = θ_j`` for the entries ``(r, c)`` of parameter
 ``j``) the criterion comes from ``Ω = S'AS + diag(I_q, 0, 0)`` exactly as in :mod:`._objective`
-(:func:`lambda_matrix` builds ``S``; :mod:`._inference` differentiates that unreduced ``Ω``
-for correlated terms).
+(the tests build that unreduced ``Ω`` as the reference for everything below).
 
 Block elimination.  The terms on one factor ("term 1", ``b`` components: the factor with the
 most random-effect columns, see ``_fit._design``) are eliminated level by level.  Their rows of
@@ -73,7 +72,6 @@ __all__ = [
     "DenseReduced",
     "dense_criterion",
     "dense_estimates",
-    "lambda_matrix",
     "minimize_dense",
     "reduce_dense",
     "term_factor",
@@ -156,16 +154,6 @@ class DenseLayout:
             cols,
             which,
         )
-
-
-def lambda_matrix(theta: np.ndarray, layout: DenseLayout) -> np.ndarray:
-    """``S = blockdiag(Λ(θ), I_p, 1)`` for every feature, ``(m, dim, dim)``."""
-    m = theta.shape[0]
-    S = np.zeros((m, layout.dim, layout.dim))
-    idx = np.arange(layout.q, layout.dim)
-    S[:, idx, idx] = 1.0
-    S[:, layout.rows, layout.cols] = theta[:, layout.which]
-    return S
 
 
 def term_factor(theta: np.ndarray, layout: DenseLayout, first: np.ndarray) -> np.ndarray:

@@ -49,10 +49,14 @@ slice of one batched array: there is no loop over features.
 
 Correlated terms ``(x|g)`` (see :mod:`._dense`): varpar is the fit's θ (each term's diagonal
 entry of its relative Cholesky factor ``T``, then the off-diagonals ``T_ac``; lme4 lists the same
-numbers column-wise, so only the order differs, which leaves df unchanged) and σ.  Nothing is
-eliminated: ``S = blockdiag(Λ(θ), I_p, 1)`` is linear in θ, so the formulas above hold on the
-whole ``Ω`` with ``D_a = E_a'AS + S'AE_a`` and ``D_ab = E_a'AE_b + E_b'AE_a`` (``E_a = ∂S/∂θ_a``).
-A correlation has no parameter when either of its components has none.
+numbers column-wise, so only the order differs, which leaves df unchanged) and σ.  Term 1 is
+eliminated level by level as in the fit, so ``P``, ``x`` and ``r²`` come from the small Schur
+complement ``Ω̃`` and term 1's modes per level.  Only two kinds of derivative are needed there:
+quadratic forms ``z'D_a z`` (``∂r² = w'D_a w`` and ``v'N_a v``), which the per-level pieces of
+:mod:`._dense` give in closed form, and the θ block of H, which is the REML criterion's analytic
+θ-Hessian (:func:`~._dense.dense_criterion`, ``∂²log|N| + ν ∂²r²/r² − ν ∂r²∂r²'/r⁴``) plus
+``ν ∂r²∂r²'/r⁴``, since ``dev`` holds σ fixed at ``σ̂² = r²/ν``.  A correlation has no
+parameter when either of its components has none.
 
 Variance squeezing (limma; Smyth 2004, SAGMB 3(1) art. 3)
 ----------------------------------------------------------
@@ -86,7 +90,16 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from ._dense import DenseLayout, lambda_matrix
+from ._dense import (
+    DenseLayout,
+    DenseReduced,
+    _mm,
+    _State,
+    _state,
+    _t,
+    dense_criterion,
+    reduce_dense,
+)
 from ._fit import _check_response, _Design, _design, prepare
 from ._grouped import bucket_problems
 from ._spec import build_spec
@@ -315,40 +328,88 @@ def _system(A: np.ndarray, theta: np.ndarray, layout: Layout) -> _System:
     return _System(P, x, w, r2, u2, D, D2, ell2)
 
 
-def _dense_system(A: np.ndarray, theta: np.ndarray, dense: DenseLayout) -> _System:
-    """:func:`_system` for correlated terms: no elimination, ``Ω = S'AS + diag(I_q, 0, 0)``.
+class _DenseSystem(NamedTuple):
+    """The system of correlated terms at θ, term 1 eliminated level by level (see :mod:`._dense`).
 
-    ``S = blockdiag(Λ(θ), I_p, 1)`` is linear in θ with ``∂S/∂θ_a = E_a`` (ones at parameter
-    ``a``'s entries), so ``D_a = E_a'AS + S'AE_a`` and ``D_ab = E_a'AE_b + E_b'AE_a`` exactly.
-    Within one parameter every entry has its own column, which makes ``E_a'B`` a row scatter.
+    ``P``, ``x``, ``w``, ``r2`` and ``u2`` as in :class:`_System`, on ``Ω̃``; ``Q = I − PC`` and
+    ``G = TN`` are term 1's per-level pieces ``(b, b, m, L)``.
     """
-    m, dim, q = A.shape[0], dense.dim, dense.q
-    e = dim - 1
-    k = dense.n_theta
-    S = lambda_matrix(theta, dense)
-    AS = A @ S
-    Om = S.transpose(0, 2, 1) @ AS
-    Om[:, np.arange(q), np.arange(q)] += 1.0
+
+    P: np.ndarray
+    x: np.ndarray
+    w: np.ndarray
+    r2: np.ndarray
+    u2: np.ndarray
+    theta: np.ndarray
+    red: DenseReduced
+    st: _State
+    Q: np.ndarray
+    G: np.ndarray
+
+
+def _dense_system(A: np.ndarray, theta: np.ndarray, dense: DenseLayout) -> _DenseSystem:
+    """:func:`_system` for correlated terms: term 1 eliminated as the fit does (:mod:`._dense`).
+
+    Term 1's spherical modes follow per level, ``u_l = G_l'B_l S_r w``.
+    """
+    red = reduce_dense(A, dense)
+    st = _state(theta, red, dense)
+    m, dr = red.A.shape[:2]
+    qr, e = dense.elimination.qr, dr - 1
+    Om = st.Om.copy()
+    Om[:, np.arange(qr), np.arange(qr)] += 1.0
     P = np.linalg.inv(Om[:, :e, :e])
     x = np.einsum("mij,mj->mi", P, Om[:, :e, e])
     r2 = Om[:, e, e] - np.einsum("mi,mi->m", Om[:, :e, e], x)
     w = np.concatenate([-x, np.ones((m, 1))], axis=1)
-    u2 = (x[:, :q] ** 2).sum(axis=1)
+    b = red.C.shape[0]
+    G = _mm(st.W, st.Rinv)
+    Q = -_mm(_mm(st.W, _t(st.W)), red.C)
+    Q[np.arange(b), np.arange(b)] += 1.0
+    u1 = np.einsum("iml,ijml->jml", _level_rows(st, red, w), G)
+    u2 = (x[:, :qr] ** 2).sum(axis=1) + (u1**2).sum(axis=(0, 2))
+    return _DenseSystem(P, x, w, r2, u2, theta, red, st, Q, G)
 
-    entries = [(dense.rows[dense.which == a], dense.cols[dense.which == a]) for a in range(k)]
-    D = []
-    for rows, cols in entries:
-        EAS = np.zeros_like(AS)
-        EAS[:, cols, :] = AS[:, rows, :]  # E_a'AS
-        D.append(_sym(EAS))
-    D2 = {}
-    for a in range(k):
-        for b in range(a, k):
-            (ra, ca), (rb, cb) = entries[a], entries[b]
-            EAE = np.zeros_like(A)
-            EAE[:, ca[:, None], cb[None, :]] = A[:, ra[:, None], rb[None, :]]  # E_a'AE_b
-            D2[a, b] = _sym(EAE)
-    return _System(P, x, w, r2, u2, D, D2, np.zeros(m))
+
+def _level_rows(st: _State, red: DenseReduced, z: np.ndarray) -> np.ndarray:
+    """``B_l S_r z`` per level, ``(b, m, L)``."""
+    return np.einsum("idml,md->iml", red.B, np.einsum("mij,mj->mi", st.S, z))
+
+
+def _dense_forms(sys: _DenseSystem, dense: DenseLayout, z: np.ndarray) -> np.ndarray:
+    """``z'D_a z`` for every parameter ``a`` (the layout's order), ``D_a = ∂Ω̃/∂θ_a``.
+
+    For term 1's entry ``(i, j)`` of ``T``, ``D_a = −S_r' sym(Σ_l U_{:i}V_{:j}') S_r`` (module
+    notes of :mod:`._dense`) gives ``−2 Σ_l (z'S_r'U_l)_i (z'S_r'V_l)_j`` with ``U_l = B_l'Q_l``,
+    ``V_l = B_l'G_l``; for the others ``D_a = sym(E_a'ÃS_r)`` gives ``2 (E_a z)'ÃS_r z``.
+    """
+    el = dense.elimination
+    By = _level_rows(sys.st, sys.red, z)
+    yU = np.einsum("iml,ijml->jml", By, sys.Q)
+    yV = np.einsum("iml,ijml->jml", By, sys.G)
+    out = np.empty((z.shape[0], dense.n_theta))
+    out[:, el.t_param] = -2.0 * (yU[el.t_i] * yV[el.t_j]).sum(axis=-1).T
+    ASz = np.einsum("mij,mj->mi", sys.st.A_t, np.einsum("mij,mj->mi", sys.st.S, z))
+    for a, (rows, cols) in zip(el.r_param, el.r_entries, strict=True):
+        out[:, a] = 2.0 * (z[:, cols] * ASz[:, rows]).sum(axis=1)
+    return out
+
+
+def _dense_curvature(
+    sys: _DenseSystem, nu: np.ndarray, dense: DenseLayout
+) -> tuple[np.ndarray, np.ndarray]:
+    """``∂²dev/∂θ²`` at ``σ̂² = r²/ν`` and ``∂r²/∂θ`` for correlated terms.
+
+    The REML criterion ``log|N| + ν log r² + const`` has the θ-Hessian (:func:`dense_criterion`)
+    ``∂²log|N| + ν ∂²r²/r² − ν ∂r²∂r²'/r⁴``; the deviance at fixed ``σ̂`` lacks the last term.
+    ``∂r² = w'D_a w`` (envelope theorem).
+    """
+    r2_grad = _dense_forms(sys, dense, sys.w)
+    _, _, hess = dense_criterion(
+        sys.theta, sys.red, nu, np.zeros_like(nu), dense, reml=True, order=2
+    )
+    outer = r2_grad[:, :, None] * r2_grad[:, None, :]
+    return hess + (nu / sys.r2**2)[:, None, None] * outer, r2_grad
 
 
 def _trace(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -361,28 +422,39 @@ def _quad(u: np.ndarray, mat: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.einsum("mi,mij,mj->m", u, mat, v)
 
 
-def _deviance_hessian(sys: _System, nu: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """Hessian of lmerTest's ``devfun_vp`` in (θ, σ) at (θ, σ̂), ``σ̂² = r²/ν``.
-
-    Parameters fixed by the fit (``free`` false) get zero rows and columns.
-    """
+def _curvature(sys: _System, nu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``∂²dev/∂θ²`` at ``σ̂² = r²/ν`` and ``∂r²/∂θ`` (module notes)."""
     m, k, e = sys.r2.size, len(sys.D), sys.P.shape[1]
     sigma2 = sys.r2 / nu
     PN = [sys.P @ D[:, :e, :e] for D in sys.D]
     Dw = [np.einsum("mij,mj->mi", D, sys.w) for D in sys.D]
-    H = np.zeros((m, k + 1, k + 1))
+    H = np.zeros((m, k, k))
     for (a, b), D2 in sys.D2.items():
         logdet = _trace(sys.P, D2[:, :e, :e]) - _trace(PN[a], PN[b])
         if b == 0:
             logdet = logdet + sys.ell2
         r2_ab = _quad(sys.w, D2, sys.w) - 2.0 * _quad(Dw[a][:, :e], sys.P, Dw[b][:, :e])
         H[:, a, b] = H[:, b, a] = logdet + r2_ab / sigma2
-    for a in range(k):
-        r2_a = np.einsum("mi,mi->m", sys.w, Dw[a])
-        H[:, a, k] = H[:, k, a] = -2.0 * r2_a / sigma2**1.5
-    H[:, k, k] = 6.0 * sys.r2 / sigma2**2 - 2.0 * nu / sigma2
+    r2_grad = np.array([np.einsum("mi,mi->m", sys.w, D) for D in Dw]).reshape(k, m).T
+    return H, r2_grad
+
+
+def _deviance_hessian(
+    H_theta: np.ndarray, r2_grad: np.ndarray, r2: np.ndarray, nu: np.ndarray, free: np.ndarray
+) -> np.ndarray:
+    """Hessian of lmerTest's ``devfun_vp`` in (θ, σ) at (θ, σ̂), ``σ̂² = r²/ν``.
+
+    ``H_theta`` is its θ block, ``r2_grad`` is ``∂r²/∂θ``; the σ row is closed-form.  Parameters
+    fixed by the fit (``free`` false) get zero rows and columns.
+    """
+    m, k = r2_grad.shape
+    sigma2 = r2 / nu
+    H = np.zeros((m, k + 1, k + 1))
+    H[:, :k, :k] = H_theta
+    H[:, :k, k] = H[:, k, :k] = -2.0 * r2_grad / sigma2[:, None] ** 1.5
+    H[:, k, k] = 6.0 * r2 / sigma2**2 - 2.0 * nu / sigma2
     keep = np.concatenate([free, np.ones((m, 1), dtype=bool)], axis=1)
-    return H * (keep[:, :, None] & keep[:, None, :])
+    return np.where(keep[:, :, None] & keep[:, None, :], H, 0.0)
 
 
 def _half_pinv(H: np.ndarray) -> np.ndarray:
@@ -407,8 +479,8 @@ def _moments_chunk(
     layout = design.layout
     m = Yt.shape[0]
     q, p, k = layout.q, layout.p, design.n_theta
-    # Random columns left in the solved system: all of them for correlated terms (dense).
-    qr = q if design.correlated or not k else q - layout.sizes[0]
+    # Random columns left in the solved system once term 1 is eliminated.
+    qr = design.dense.elimination.qr if design.correlated else q - (layout.sizes[0] if k else 0)
 
     # Standardize and drop non-estimable coefficients exactly as the fit does.
     prep = prepare(Yt, design)
@@ -459,9 +531,15 @@ def _moments_chunk(
     # msqrob2's residual df of an LMM: conditional residual sum of squares / σ̂².
     out["df_effective"][rows] = nu * (sys.r2 - sys.u2) / sys.r2
     if satterthwaite:
-        out["hessian"][rows] = _deviance_hessian(sys, nu, free[rows])
-        for a, D in enumerate(sys.D):
-            out["grad"][rows, a] = -sigma2 * _quad(v, D[:, :e, :e], v)
+        if design.correlated:
+            H_theta, r2_grad = _dense_curvature(sys, nu, design.dense)
+            v_pad = np.concatenate([v, np.zeros((v.shape[0], 1))], axis=1)  # (v, 0)
+            dvar = _dense_forms(sys, design.dense, v_pad)
+        else:
+            H_theta, r2_grad = _curvature(sys, nu)
+            dvar = np.array([_quad(v, D[:, :e, :e], v) for D in sys.D]).reshape(k, v.shape[0]).T
+        out["hessian"][rows] = _deviance_hessian(H_theta, r2_grad, sys.r2, nu, free[rows])
+        out["grad"][rows, :k] = -sigma2[:, None] * dvar  # ∂ l'Cov(β̂)l = −σ² v'N_a v
         out["grad"][rows, k] = 2.0 * np.sqrt(sigma2) * lCl
     return out
 
@@ -529,8 +607,14 @@ def _theta_frame(theta, term_names: tuple[str, ...], n_features: int) -> pd.Data
 def _chunk_size(design: _Design) -> int:
     d = design.layout.dim
     k = design.n_theta
-    dr = d if design.correlated or not k else d - design.layout.sizes[0]
-    per_feature = 8 * (3 * d**2 + dr**2 * (k * (k + 1) // 2 + 2 * k + 6))
+    if design.correlated:  # Ω̃ plus term 1's per-level pieces (B_l'[Q_l G_l], b × b blocks)
+        n_levels, b = design.dense.levels.shape
+        dr = d - n_levels * b
+        per_level = n_levels * (2 * b * dr + 12 * b**2) + b**4
+    else:
+        dr = d - design.layout.sizes[0] if k else d
+        per_level = 0
+    per_feature = 8 * (3 * d**2 + dr**2 * (k * (k + 1) // 2 + 2 * k + 6) + per_level)
     return int(max(16, min(8192, _CHUNK_BYTES // per_feature)))
 
 
