@@ -3,20 +3,24 @@
 Newton converges in a few steps from a point near the optimum, and the optimum's θ differs a
 lot between terms (a peptide term often has 3-5× the relative SD of a batch term), so one
 common start for every term costs iterations.  Each term ``g`` gets a one-way random-effects
-ANOVA on the ordinary least-squares residuals ``r = y − Xβ̂``, ignoring the other terms
-(Searle, Casella & McCulloch 1992, section 3.6)::
+ANOVA on the ordinary least-squares residuals ``r = y − Xβ̂`` (Searle, Casella & McCulloch
+1992, section 3.6)::
 
     SSB_g = Σ_l S_l² / c_l,     S_l = Σ_{i∈l} w_i r_i = (A_gy − A_gX β̂)_l,   c_l = (A_gg)_ll
-    σ̂²_w,g = (RSS − SSB_g) / (n − L_g − p + 1)
-    σ̂²_g  = max(0, SSB_g / (L_g − 1) − σ̂²_w,g) / n₀,   n₀ = (n − Σ_l c_l² / n) / (L_g − 1)
+    σ̂²_g  = max(0, SSB_g / (L_g − 1) − σ̂²) / n₀,   n₀ = (n − Σ_l c_l² / n) / (L_g − 1)
 
-with ``L_g`` observed levels.  Those within-level variances still hold the other terms'
-variance, so the residual variance comes from the model with every term fixed instead (the
-first step of Henderson's method III): ``σ̂² = RSS_full / (n − rank[Z X])``, with the first
-term projected out in closed form and one Cholesky factor of the rest (where that is small
-enough; otherwise the smallest within-level variance).  The start is ``θ_g = σ̂_g / σ̂``.
-Everything is per feature from ``A`` (no pass over the data); it is only a start, and the
-optimizer also tries the usual ones.
+with ``L_g`` observed levels, and two corrections for the other terms:
+
+* a term nested in a coarser one (samples within batches) uses its levels' variation within
+  the coarser levels, ``SSB_g − SSB_h`` on ``L_g − L_h`` df (:func:`_unnest`);
+* the noise level ``σ̂²`` is the residual variance of the model with every term fixed (the
+  first step of Henderson's method III), ``RSS_full / (n − rank[Z X])``: a one-way within
+  variance would also hold the terms crossed with ``g`` (peptides within a sample), which the
+  level means average out.  The first term is projected out in closed form and the rest
+  factored once; where the rest is too large to factor per feature, each one-way within
+  variance stands in.
+
+The start is ``θ_g = σ̂_g / σ̂``.  Everything is per feature from ``A`` (no pass over the data).
 """
 
 from __future__ import annotations
