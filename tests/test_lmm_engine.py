@@ -397,3 +397,21 @@ def test_scalar_terms_on_one_factor_fit_as_in_the_closed_form_path(reml):
     np.testing.assert_allclose(res.blup["Subject"], ref.blup["Subject"], rtol=1e-9, atol=1e-12)
     slope = ref.blup["Copy.Days"].to_numpy()[:, ::-1]
     np.testing.assert_allclose(res.blup["Subject.Days"], slope, rtol=1e-9, atol=1e-12)
+
+
+def test_moment_starts_are_the_reml_estimate_of_a_balanced_one_way_design():
+    """Balanced one-way data: the ANOVA estimator is REML's optimum when it is positive."""
+    from omixed.lmm._fit import _design, prepare
+    from omixed.lmm._starts import moment_starts
+
+    rng = np.random.default_rng(5)
+    data = pd.DataFrame({"g": np.repeat([f"g{i}" for i in range(8)], 5)})
+    Y = rng.normal(size=(8, 30)).repeat(5, axis=0) + rng.normal(size=(40, 30))
+    res = lmm.fit(Y, data, "~ 1 + (1|g)")
+    design = _design(lmm.build_spec(data, "~ 1 + (1|g)"))
+    prep = prepare(np.ascontiguousarray(Y.T), design)
+    start = moment_starts(prep.A, design.layout, prep.n_obs)[:, 0]
+    positive = res.theta["g"].to_numpy() > 0
+    assert positive.sum() >= 20
+    np.testing.assert_allclose(start[positive], res.theta["g"].to_numpy()[positive], rtol=1e-6)
+    assert np.all(start[~positive] == 0.0)
