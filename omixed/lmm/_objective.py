@@ -123,7 +123,11 @@ class Reduced:
         if self.G is not None:
             return (s @ self.G).reshape(m, j, dr, dr)
         rows = self.B.transpose(0, 2, 1)[:, None] * s[:, :, None, :]  # (m, j, dr, q₁)
-        return (rows.reshape(m, j * dr, -1) @ self.B).reshape(m, j, dr, dr)
+        return (rows.reshape(m, j * dr, self.B.shape[1]) @ self.B).reshape(m, j, dr, dr)
+
+    def eliminated(self, s: np.ndarray) -> np.ndarray:
+        """``A_rr − Σ_i s_i a_i a_i'``: the rest of ``A`` after eliminating term 1 with ``s``."""
+        return self.A - self.weighted(s[:, None, :])[:, 0]
 
 
 def reduce(A: np.ndarray, layout: Layout) -> Reduced:
@@ -403,13 +407,14 @@ def estimates(
     qr = layout.q - q1
     scale = np.ones((m, layout.dim - q1))
     scale[:, :qr] = theta[:, layout.term_of()[q1:]]
-    B = A[:, :q1, q1:]  # A_1r, the response last
+    red = reduce(A, Layout(layout.sizes, layout.p))  # by level: B = A_1r, the response last
+    B = red.B
     if k:
         t1 = theta[:, :1]
-        den = 1.0 + t1**2 * np.diagonal(A[:, :q1, :q1], axis1=1, axis2=2)
-        A_t = A[:, q1:, q1:] - (B.transpose(0, 2, 1) * (t1**2 / den)[:, None, :]) @ B
+        den = 1.0 + t1**2 * red.counts
+        A_t = red.eliminated(t1**2 / den)
     else:
-        A_t = A
+        A_t = red.A
     Om = A_t * scale[:, None, :] * scale[:, :, None]
     sol, se, sigma2 = solve_reduced(Om, qr, n_obs, p_eff, reml)
     x = scale[:, :-1] * sol  # S_r x: the unscaled (Λ_r ũ_r, β̂)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._objective import Layout, _batched_cholesky
+from ._objective import Layout, _batched_cholesky, reduce
 
 __all__ = ["moment_starts"]
 
@@ -114,14 +114,12 @@ def _residual_variance(A: np.ndarray, layout: Layout, n: np.ndarray) -> np.ndarr
     are projected out in closed form; one Cholesky factor of the correlation-scaled rest gives
     its rank (pivots of aliased columns vanish) and the residual sum of squares.
     """
-    q1 = layout.sizes[0] if layout.sizes else 0
-    d1 = np.diagonal(A[:, :q1, :q1], axis1=1, axis2=2)
-    inv = np.where(d1 > 0, 1.0 / np.where(d1 > 0, d1, 1.0), 0.0)
-    B = A[:, :q1, q1:]
-    rest = A[:, q1:, q1:] - (B.transpose(0, 2, 1) * inv[:, None, :]) @ B
+    red = reduce(A, Layout(layout.sizes, layout.p))  # by level
+    d1 = red.counts
+    rest = red.eliminated(np.where(d1 > 0, 1.0 / np.where(d1 > 0, d1, 1.0), 0.0))
     d = rest.shape[1] - 1
     # Scaled by the columns' own norms, so a column in the first term's span keeps a ~0 pivot.
-    scale = np.sqrt(np.maximum(np.diagonal(A[:, q1:, q1:], axis1=1, axis2=2), 1e-300))
+    scale = np.sqrt(np.maximum(np.diagonal(red.A, axis1=1, axis2=2), 1e-300))
     corr = rest / scale[:, :, None] / scale[:, None, :]
     corr[:, np.arange(d), np.arange(d)] += 1e-9  # aliased columns get pivots ~3e-5, not 0
     pivots = np.diagonal(_batched_cholesky(corr)[0], axis1=1, axis2=2)  # NaN if it fails
