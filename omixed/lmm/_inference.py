@@ -94,9 +94,12 @@ from ._dense import (
     DenseLayout,
     DenseReduced,
     _mm,
+    _quad,
     _State,
     _state,
+    _sym,
     _t,
+    _trace,
     dense_criterion,
     reduce_dense,
 )
@@ -271,10 +274,6 @@ def _schur(A1: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (A1 * weights[:, :, None]).transpose(0, 2, 1) @ A1
 
 
-def _sym(mat: np.ndarray) -> np.ndarray:
-    return mat + mat.transpose(0, 2, 1)
-
-
 def _system(A: np.ndarray, theta: np.ndarray, layout: Layout) -> _System:
     """Eliminate term 1 from ``Ω = S A S + diag(I, 0, 0)`` at θ; solve; differentiate in θ."""
     m = A.shape[0]
@@ -410,16 +409,6 @@ def _dense_curvature(
     )
     outer = r2_grad[:, :, None] * r2_grad[:, None, :]
     return hess + (nu / sys.r2**2)[:, None, None] * outer, r2_grad
-
-
-def _trace(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``tr(a b)`` for stacks of square matrices."""
-    return np.einsum("mij,mji->m", a, b)
-
-
-def _quad(u: np.ndarray, mat: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``u' mat v`` for stacks."""
-    return np.einsum("mi,mij,mj->m", u, mat, v)
 
 
 def _curvature(sys: _System, nu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
