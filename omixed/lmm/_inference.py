@@ -105,10 +105,10 @@ from ._dense import (
 )
 from ._fit import _check_response, _Design, _design, prepare
 from ._grouped import bucket_problems
+from ._objective import Layout, reduce, solve_leading
 from ._spec import build_spec
 
 if TYPE_CHECKING:
-    from ._objective import Layout
     from ._result import LMMResult
 
 __all__ = [
@@ -269,40 +269,31 @@ class _System(NamedTuple):
     ell2: np.ndarray  # (m,): ∂²/∂θ₁² Σ log(1 + θ₁² c_i)
 
 
-def _schur(A1: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``A_r1 diag(weights) A_1r`` per feature: ``A1`` is ``(m, q1, dr)``, weights ``(m, q1)``."""
-    return (A1 * weights[:, :, None]).transpose(0, 2, 1) @ A1
-
-
 def _system(A: np.ndarray, theta: np.ndarray, layout: Layout) -> _System:
     """Eliminate term 1 from ``Ω = S A S + diag(I, 0, 0)`` at θ; solve; differentiate in θ."""
     m = A.shape[0]
     q, k = layout.q, layout.n_theta
     q1 = layout.sizes[0] if k else 0
     qr, dr = q - q1, layout.dim - q1
-    e = dr - 1
     rest = layout.term_of()[q1:]
     s = np.ones((m, dr))
     s[:, :qr] = theta[:, rest]
     SS = s[:, :, None] * s[:, None, :]
 
-    At = A[:, q1:, q1:]
+    red = reduce(A, Layout(layout.sizes, layout.p))  # term 1 by level: B = A_1r
+    At = red.A
     At1 = At11 = None
     ell2 = np.zeros(m)
     if k:
-        A1, t1 = A[:, :q1, q1:], theta[:, :1]
-        c = np.diagonal(A[:, :q1, :q1], axis1=1, axis2=2)
+        A1, t1, c = red.B, theta[:, :1], red.counts
         den = 1.0 + t1**2 * c
-        At = At - _schur(A1, t1**2 / den)
-        At1 = -_schur(A1, 2.0 * t1 / den**2)  # ∂Ã/∂θ₁
-        At11 = -_schur(A1, 2.0 * (1.0 - 3.0 * t1**2 * c) / den**3)
+        # s, ∂s/∂θ₁ and ∂²s/∂θ₁² of s = θ₁²/(1 + θ₁²c), weighted at once.
+        s1 = [t1**2 / den, 2.0 * t1 / den**2, 2.0 * (1.0 - 3.0 * t1**2 * c) / den**3]
+        W = red.weighted(np.stack(s1, axis=1))
+        At, At1, At11 = At - W[:, 0], -W[:, 1], -W[:, 2]  # Ã, ∂Ã/∂θ₁, ∂²Ã/∂θ₁²
         ell2 = (2.0 * c * (1.0 - t1**2 * c) / den**2).sum(axis=1)
 
-    Om = At * SS
-    Om[:, np.arange(qr), np.arange(qr)] += 1.0
-    P = np.linalg.inv(Om[:, :e, :e])
-    x = np.einsum("mij,mj->mi", P, Om[:, :e, e])
-    r2 = Om[:, e, e] - np.einsum("mi,mi->m", Om[:, :e, e], x)
+    P, x, r2 = solve_leading(At * SS, qr)
     w = np.concatenate([-x, np.ones((m, 1))], axis=1)
     u2 = (x[:, :qr] ** 2).sum(axis=1)
     if k:  # term 1's modes from its (diagonal) rows of the full system
@@ -353,13 +344,9 @@ def _dense_system(A: np.ndarray, theta: np.ndarray, dense: DenseLayout) -> _Dens
     """
     red = reduce_dense(A, dense)
     st = _state(theta, red, dense)
-    m, dr = red.A.shape[:2]
-    qr, e = dense.elimination.qr, dr - 1
-    Om = st.Om.copy()
-    Om[:, np.arange(qr), np.arange(qr)] += 1.0
-    P = np.linalg.inv(Om[:, :e, :e])
-    x = np.einsum("mij,mj->mi", P, Om[:, :e, e])
-    r2 = Om[:, e, e] - np.einsum("mi,mi->m", Om[:, :e, e], x)
+    m = red.A.shape[0]
+    qr = dense.elimination.qr
+    P, x, r2 = solve_leading(st.Om.copy(), qr)
     w = np.concatenate([-x, np.ones((m, 1))], axis=1)
     b = red.C.shape[0]
     G = _mm(st.W, st.Rinv)

@@ -51,7 +51,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Layout", "Reduced", "criterion", "estimates", "evaluate", "reduce", "solve_reduced"]
+__all__ = [
+    "Layout",
+    "Reduced",
+    "criterion",
+    "estimates",
+    "evaluate",
+    "reduce",
+    "solve_leading",
+    "solve_reduced",
+]
 
 _LOG2PI = np.log(2.0 * np.pi)
 
@@ -435,12 +444,21 @@ def solve_reduced(
     response's pivot gives ``r²`` and the β block of the leading block's inverse is
     ``Cov(β̂)/σ̂²``.
     """
+    inv, sol, r2 = solve_leading(Om, qr)
+    sigma2 = r2 / ((n_obs - p_eff) if reml else n_obs)
+    # A numerically singular system (θ → ∞ with σ² → 0) can give a negative variance: no SE.
+    var_beta = sigma2[:, None] * np.diagonal(inv, axis1=1, axis2=2)[:, qr:]
+    return sol, np.sqrt(np.where(var_beta >= 0.0, var_beta, np.nan)), sigma2
+
+
+def solve_leading(Om: np.ndarray, qr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse ``P`` of the leading block of ``Ω̃ + diag(I_qr, 0, 0)``, ``x = P Ω̃_·y``, ``r²``.
+
+    ``Om`` is ``Ω̃`` without its identity, which is added in place.
+    """
     idx = np.arange(qr)
     Om[:, idx, idx] += 1.0
     inv = np.linalg.inv(Om[:, :-1, :-1])
     sol = np.einsum("mij,mj->mi", inv, Om[:, :-1, -1])
     r2 = Om[:, -1, -1] - np.einsum("mi,mi->m", Om[:, -1, :-1], sol)
-    sigma2 = r2 / ((n_obs - p_eff) if reml else n_obs)
-    # A numerically singular system (θ → ∞ with σ² → 0) can give a negative variance: no SE.
-    var_beta = sigma2[:, None] * np.diagonal(inv, axis1=1, axis2=2)[:, qr:]
-    return sol, np.sqrt(np.where(var_beta >= 0.0, var_beta, np.nan)), sigma2
+    return inv, sol, r2
