@@ -152,13 +152,11 @@ def bucket_problems(
     if np.bincount(cell).max(initial=0) > 1:
         dup = values[pd.Series(cell).duplicated(keep=False).to_numpy()].head(3)
         raise ValueError(f"duplicated ({feature}, {unit}, {local}) rows, e.g.\n{dup}")
-    is_first = np.zeros(len(values), dtype=bool)
-    is_first[first_row] = True
     positions = pd.DataFrame(
         {
-            feature: values[feature].to_numpy()[is_first],
-            local: values[local].to_numpy()[is_first],
-            "position": position[is_first],
+            feature: values[feature].to_numpy()[first_row],
+            local: values[local].to_numpy()[first_row],
+            "position": position[first_row],
         }
     )
     distinct, counts = np.unique(n_local, return_counts=True)
