@@ -131,8 +131,12 @@ class Reduced:
         j = s.shape[1]
         if self.G is not None:
             return (s @ self.G).reshape(m, j, dr, dr)
-        rows = self.B.transpose(0, 2, 1)[:, None] * s[:, :, None, :]  # (m, j, dr, q₁)
-        return (rows.reshape(m, j * dr, self.B.shape[1]) @ self.B).reshape(m, j, dr, dr)
+        q1 = self.B.shape[1]
+        # Written in C order so the reshape below is a view: numpy would otherwise lay the
+        # product out like the transposed B and the reshape would copy it.
+        rows = np.empty((m, j, dr, q1))
+        np.multiply(self.B.transpose(0, 2, 1)[:, None], s[:, :, None, :], out=rows)
+        return (rows.reshape(m, j * dr, q1) @ self.B).reshape(m, j, dr, dr)
 
     def eliminated(self, s: np.ndarray) -> np.ndarray:
         """``A_rr − Σ_i s_i a_i a_i'``: the rest of ``A`` after eliminating term 1 with ``s``."""
