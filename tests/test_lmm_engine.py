@@ -415,3 +415,48 @@ def test_moment_starts_are_the_reml_estimate_of_a_balanced_one_way_design():
     assert positive.sum() >= 20
     np.testing.assert_allclose(start[positive], res.theta["g"].to_numpy()[positive], rtol=1e-6)
     assert np.all(start[~positive] == 0.0)
+
+
+def test_minimize_reaches_known_optima_and_reports_the_criterion_there():
+    """Separable quartics f = Σ_j (θ_j² − a_j)² + b_j θ_j²: θ_j* = √(a_j − b_j/2), or 0 at the bound.
+
+    The last Newton step is taken without a second-order evaluation; the criterion returned
+    must still be the objective at the returned θ.
+    """
+    from omixed.lmm._optimize import minimize
+
+    rng = np.random.default_rng(4)
+    a = rng.uniform(0.1, 4.0, size=(200, 3))
+    b = rng.uniform(-1.0, 1.0, size=(200, 3))
+    b[::7, 1] = 2.5 * a[::7, 1]  # optimum at the bound θ = 0
+
+    orders = []
+
+    def objective(theta, rows, order):
+        orders.append(order)
+        t2, ar, br = theta**2, a[rows], b[rows]
+        f = ((t2 - ar) ** 2 + br * t2).sum(axis=1)
+        g = 4.0 * theta * (t2 - ar) + 2.0 * br * theta
+        h = np.zeros((*theta.shape, theta.shape[1]))
+        idx = np.arange(theta.shape[1])
+        h[:, idx, idx] = 12.0 * t2 - 4.0 * ar + 2.0 * br
+        return f, (g if order >= 1 else None), (h if order >= 2 else None)
+
+    starts = rng.uniform(0.2, 3.0, size=(1, 200, 3))
+    opt = minimize(objective, starts, np.zeros((200, 3), dtype=bool))
+    assert opt.converged.all()
+    expected = np.sqrt(np.maximum(a - b / 2.0, 0.0))
+    # The optimizer stops at a projected gradient of 1e-6; the curvature here is O(1).
+    np.testing.assert_allclose(opt.theta, expected, rtol=0, atol=1e-6)
+    f_there, _, _ = objective(opt.theta, np.arange(200), 0)
+    np.testing.assert_array_equal(opt.fmin, f_there)
+
+    # From 3e-6 away, one Newton step lands within its square: taken as the last step, with
+    # only the criterion evaluated there.
+    orders.clear()
+    near = minimize(objective, (expected * (1.0 + 3e-6) + 3e-6)[None], np.zeros((200, 3), bool))
+    assert near.converged.all() and (near.n_iter == 1).all()
+    assert orders == [2, 0]  # the start's derivatives, then the criterion at the end
+    np.testing.assert_allclose(near.theta, expected, rtol=0, atol=1e-9)
+    f_there, _, _ = objective(near.theta, np.arange(200), 0)
+    np.testing.assert_array_equal(near.fmin, f_there)
