@@ -92,10 +92,6 @@ def fit_grouped(
     missing = [c for c in (feature, unit, local, value) if c not in values.columns]
     if missing:
         raise ValueError(f"columns {missing} not in the long table ({list(values.columns)})")
-    unknown = sorted(set(values[unit].astype(str)) - set(design.index.astype(str)))
-    if unknown:
-        raise ValueError(f"{len(unknown)} {unit}(s) missing from the design, e.g. {unknown[:5]}")
-    features = pd.Index(pd.unique(values[feature]))
     blocks, positions = bucket_problems(
         values, design, feature=feature, unit=unit, local=local, value=value
     )
@@ -106,7 +102,8 @@ def fit_grouped(
         else fit(Y, data, formula, feature_names=members, **options)
         for members, Y, data in blocks
     ]
-    return LMMResult.concat(results, order=features), positions.set_index([feature, local])
+    features = positions.index.levels[0]  # in order of first appearance
+    return LMMResult.concat(results, order=features), positions
 
 
 def bucket_problems(
@@ -121,18 +118,25 @@ def bucket_problems(
     """Bucket features by their number of local levels: one (members, Y, data) problem each.
 
     Returns a generator of the problems (rows = units × local positions ``0 .. P-1``, missing
-    rows NaN, so padding is exact) and the table of every feature's local positions (in order of
-    first appearance within the feature).  Raises if a (feature, unit, local) cell repeats.
+    rows NaN, so padding is exact) and the table of every feature's local positions, indexed by
+    ``(feature, local)`` in order of first appearance.  Raises if a (feature, unit, local) cell
+    repeats or a unit is not in the design.
     """
     design = design.copy()
     design.index = design.index.astype(str)
     units = design.index
     f_code, features = pd.factorize(values[feature], sort=False)
-    l_code, _ = pd.factorize(values[local], sort=False)
-    u_code = units.get_indexer(values[unit].astype(str))
+    l_code, locals_ = pd.factorize(values[local], sort=False)
+    u_code, unit_names = pd.factorize(values[unit], sort=False)
+    unit_names = unit_names.astype(str)
+    known = units.get_indexer(unit_names)
+    if (known < 0).any():
+        unknown = sorted(unit_names[known < 0])
+        raise ValueError(f"{len(unknown)} {unit}(s) missing from the design, e.g. {unknown[:5]}")
+    u_code = np.where(u_code < 0, -1, known[u_code])
     for name, code in ((feature, f_code), (local, l_code), (unit, u_code)):
         if (code < 0).any():
-            raise ValueError(f"column {name!r} has missing values or units not in the design")
+            raise ValueError(f"column {name!r} has missing values")
     # Each (feature, local) pair once, in order of first appearance; its position is its rank
     # among its feature's pairs.
     pair, _ = pd.factorize(f_code.astype(np.int64) * (l_code.max() + 1) + l_code)
@@ -152,13 +156,13 @@ def bucket_problems(
     if np.bincount(cell).max(initial=0) > 1:
         dup = values[pd.Series(cell).duplicated(keep=False).to_numpy()].head(3)
         raise ValueError(f"duplicated ({feature}, {unit}, {local}) rows, e.g.\n{dup}")
-    positions = pd.DataFrame(
-        {
-            feature: values[feature].to_numpy()[first_row],
-            local: values[local].to_numpy()[first_row],
-            "position": position[first_row],
-        }
+    index = pd.MultiIndex(
+        levels=[features, locals_],
+        codes=[f_code[first_row], l_code[first_row]],
+        names=[feature, local],
+        verify_integrity=False,
     )
+    positions = pd.DataFrame({"position": position[first_row]}, index=index)
     distinct, counts = np.unique(n_local, return_counts=True)
     y = values[value].to_numpy(dtype=np.float64)
 

@@ -143,20 +143,23 @@ class LMMResult:
             if res.spec.fixed_names != first.spec.fixed_names or res.reml != first.reml:
                 raise ValueError("results differ in fixed effects or REML/ML; cannot concatenate")
 
-        def stack(attr: str):
-            out = pd.concat([getattr(r, attr) for r in results])
-            return out.loc[order] if order is not None else out
+        take = None
+        if order is not None:
+            take = pd.Index(np.concatenate([r.feature_names for r in results])).get_indexer(order)
+            if (take < 0).any():
+                raise ValueError("order names features that are in none of the results")
 
-        blup = {}
-        for name in first.blup:
-            out = pd.concat([r.blup[name] for r in results])
-            blup[name] = out.loc[order] if order is not None else out
+        def stack(tables: list):
+            out = pd.concat(tables)
+            return out if take is None else out.iloc[take]
+
+        blup = {name: stack([r.blup[name] for r in results]) for name in first.blup}
         return cls(
             spec=results[-1].spec,
             reml=first.reml,
             blup=blup,
             **{
-                attr: stack(attr)
+                attr: stack([getattr(r, attr) for r in results])
                 for attr in (
                     "criterion",
                     "theta",

@@ -151,15 +151,19 @@ def _grouping_factor(data: pd.DataFrame, group: str) -> tuple[tuple[str, ...], n
             raise ValueError(
                 f"grouping column {col!r} has {int(data[col].isna().sum())} missing values"
             )
-    labels = pd.Series(data[cols[0]].astype(str).to_numpy(), index=data.index)
+    if len(cols) == 1 and isinstance(data[cols[0]].dtype, pd.CategoricalDtype):
+        # The observed categories, in the categories' order.
+        cat = data[cols[0]].cat
+        present = np.unique(cat.codes)
+        renumber = np.full(len(cat.categories), -1, dtype=np.intp)
+        renumber[present] = np.arange(present.size)
+        order = tuple(str(c) for c in cat.categories[present])
+        return cols, renumber[cat.codes.to_numpy()], order
+    labels = data[cols[0]].astype(str).to_numpy()
     for col in cols[1:]:
         labels = labels + ":" + data[col].astype(str).to_numpy()
-    if len(cols) == 1 and isinstance(data[cols[0]].dtype, pd.CategoricalDtype):
-        order = [str(c) for c in data[cols[0]].cat.categories if (data[cols[0]] == c).any()]
-    else:
-        order = sorted(labels.unique())
-    codes = pd.Categorical(labels, categories=order).codes.astype(np.intp)
-    return cols, codes, tuple(order)
+    codes, order = pd.factorize(labels, sort=True)
+    return cols, codes.astype(np.intp), tuple(order)
 
 
 def _random_covariates(expr: str) -> tuple[bool, list[str]]:
