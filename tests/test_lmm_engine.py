@@ -232,6 +232,33 @@ def test_three_term_derivatives_match_finite_differences(reml):
         np.testing.assert_allclose(hess[:, :, j], (gp - gm) / (2 * h), rtol=1e-5, atol=1e-5)
 
 
+def test_criterion_of_many_features_equals_one_at_a_time():
+    """Blocking the features (``_BLOCK_BYTES``) changes no result: each is evaluated alone."""
+    from omixed.lmm import _objective
+
+    rng = np.random.default_rng(11)
+    sizes, n, m = (12, 5, 3), 60, 700  # 700 features: several blocks of dr = 11
+    M = np.hstack([*(np.eye(s)[rng.integers(0, s, n)] for s in sizes), np.ones((n, 1))])
+    Y = rng.normal(size=(n, m)) + M[:, :12] @ rng.normal(size=(12, m))
+    w = (rng.random((n, m)) > 0.2).astype(float)
+    Mw = M[None] * w.T[:, :, None]
+    A = np.zeros((m, M.shape[1] + 1, M.shape[1] + 1))
+    A[:, :-1, :-1] = Mw.transpose(0, 2, 1) @ M
+    A[:, :-1, -1] = A[:, -1, :-1] = np.einsum("mni,nm->mi", Mw, Y)
+    A[:, -1, -1] = (w * Y**2).sum(axis=0)
+    red = reduce(A, Layout(sizes, 1))
+    dr = red.A.shape[1]
+    assert m > 2 * _objective._BLOCK_BYTES // (8 * dr * dr)
+    theta, n_obs, p = rng.uniform(0.0, 2.0, size=(m, 3)), w.sum(axis=0), np.ones(m)
+    together = criterion(theta, red, n_obs, p, order=2)
+    for f in (0, 1, m // 2, m - 1):
+        alone = criterion(
+            theta[f : f + 1], red.take(np.array([f])), n_obs[f : f + 1], p[f : f + 1], order=2
+        )
+        for a, b in zip(together, alone, strict=True):
+            np.testing.assert_array_equal(a[f : f + 1], b)
+
+
 def test_count_classes_give_the_per_level_criterion(crossed):
     A, n = _crossed_cross_products(crossed[1], crossed[0])
     theta = np.array([[0.7, 1.3], [0.0, 0.4], [2.0, 0.0], [0.3, 0.3]])
@@ -418,7 +445,7 @@ def test_moment_starts_are_the_reml_estimate_of_a_balanced_one_way_design():
 
 
 def test_minimize_reaches_known_optima_and_reports_the_criterion_there():
-    """Separable quartics f = Σ_j (θ_j² − a_j)² + b_j θ_j²: θ_j* = √(a_j − b_j/2), or 0 at the bound.
+    """Separable quartics Σ_j (θ_j² − a_j)² + b_j θ_j²: θ_j* = √(a_j − b_j/2), or 0 at the bound.
 
     The last Newton step is taken without a second-order evaluation; the criterion returned
     must still be the objective at the returned θ.
