@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -26,7 +28,7 @@ from ._spec import ModelSpec, RandomTerm, aliased_mask, build_spec
 from ._spectral import Spectral, spectral_fit
 from ._starts import moment_starts
 
-__all__ = ["fit"]
+__all__ = ["fit", "plan_fit", "run_plans"]
 
 _STARTS = (0.5, 1.0, 2.0)  # correlated terms: relative SDs each descended from
 _DEFAULT_CHUNK_BYTES = 32 * 2**20
@@ -275,6 +277,53 @@ def fit(
     >>> res.variance.columns.tolist()
     ['batch', 'Residual']
     """
+    plan = plan_fit(
+        Y,
+        data,
+        formula,
+        reml=reml,
+        n_jobs=n_jobs,
+        chunk_size=chunk_size,
+        feature_names=feature_names,
+        nonfinite=nonfinite,
+        drop_aliased=drop_aliased,
+        weights=weights,
+    )
+    return run_plans([plan], n_jobs=n_jobs, progress=progress)[0]
+
+
+@dataclass
+class _Plan:
+    """One fit's work: its spec and design, and one task per chunk of features."""
+
+    spec: ModelSpec
+    design: _Design
+    feature_names: pd.Index
+    reml: bool
+    tasks: Iterator
+    n_tasks: int
+
+    def result(self, parts: list[dict[str, np.ndarray]]) -> LMMResult:
+        merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
+        return LMMResult.from_arrays(
+            self.spec, self.design.order, merged, self.feature_names, self.reml
+        )
+
+
+def plan_fit(
+    Y: np.ndarray,
+    data: pd.DataFrame,
+    formula: str,
+    *,
+    reml: bool,
+    n_jobs: int,
+    chunk_size: int | None,
+    feature_names: list[str] | pd.Index | None,
+    nonfinite: str,
+    drop_aliased: bool,
+    weights: np.ndarray | None,
+) -> _Plan:
+    """Check the inputs of :func:`fit` and split its work into chunk tasks (not yet run)."""
     spec = build_spec(data, formula, drop_aliased=drop_aliased)
     in_memory = isinstance(Y, np.ndarray | list | tuple) or not hasattr(Y, "shape")
     if in_memory:
@@ -331,19 +380,34 @@ def fit(
             else _check_response(np.asarray(Y[:, a:b]), spec.n_rows, nonfinite)
         )
 
-    jobs = (
+    # A generator, so an out-of-core Y is read one chunk at a time as the workers ask.
+    tasks = (
         delayed(_fit_chunk)(block(a, b), design, reml, None if weights is None else weights[:, a:b])
         for a, b in chunks
     )
-    parallel = Parallel(n_jobs=n_jobs, return_as="generator")
-    pieces = parallel(jobs)
-    if progress or (progress is None and len(chunks) > 10):
+    return _Plan(spec, design, feature_names, reml, tasks, len(chunks))
+
+
+def run_plans(plans: list[_Plan], *, n_jobs: int, progress: bool | None) -> list[LMMResult]:
+    """Run the tasks of several fits in one pool of ``n_jobs`` workers; a result per plan.
+
+    One pool for all (e.g. the shape buckets of :func:`~omixed.lmm.fit_grouped`) keeps the
+    workers busy across fits instead of waiting for the slowest chunk of each.
+    """
+    total = sum(plan.n_tasks for plan in plans)
+    pieces = Parallel(n_jobs=n_jobs, return_as="generator")(
+        itertools.chain.from_iterable(plan.tasks for plan in plans)
+    )
+    if progress or (progress is None and total > 10):
         from tqdm.auto import tqdm
 
-        pieces = tqdm(pieces, total=len(chunks), desc="fitting", unit="chunk")
+        pieces = tqdm(pieces, total=total, desc="fitting", unit="chunk")
     parts = list(pieces)
-    merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
-    return LMMResult.from_arrays(spec, design.order, merged, feature_names, reml)
+    results, start = [], 0
+    for plan in plans:
+        results.append(plan.result(parts[start : start + plan.n_tasks]))
+        start += plan.n_tasks
+    return results
 
 
 @dataclass(frozen=True)

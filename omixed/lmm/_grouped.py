@@ -4,10 +4,11 @@ In bottom-up proteomics a protein is observed through its own peptides: the rows
 are its sample × peptide observations and ``(1|peptide)`` has different levels (and a different
 number of them) for every protein.  Proteins are bucketed by their number of local levels; within
 a bucket every protein shares one design (samples × local positions ``0 .. P-1``, missing rows
-as NaN), so each bucket is a single vectorized :func:`~omixed.lmm.fit` call.  A protein with
-fewer levels than its bucket's ``P`` is padded with unobserved levels, which is exact (they have
-no rows, so they add nothing to the criterion); buckets are merged where one larger vectorized
-call costs less than separate calls (see :func:`_buckets`).
+as NaN), so each bucket is a single vectorized :func:`~omixed.lmm.fit` (the buckets' chunks
+share one pool of workers).  A protein with fewer levels than its bucket's ``P`` is padded with
+unobserved levels, which is exact (they have no rows, so they add nothing to the criterion);
+buckets are merged where one larger vectorized call costs less than separate calls (see
+:func:`_buckets`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from ._fit import fit
+from ._fit import plan_fit, run_plans
 from ._result import LMMResult
 from ._robust import fit_robust
 
@@ -95,13 +96,29 @@ def fit_grouped(
     blocks, positions = bucket_problems(
         values, design, feature=feature, unit=unit, local=local, value=value
     )
-    options = {"reml": reml, "n_jobs": n_jobs, "progress": progress}
-    results = [
-        fit_robust(Y, data, formula, feature_names=members, **options)[0]
-        if robust
-        else fit(Y, data, formula, feature_names=members, **options)
-        for members, Y, data in blocks
-    ]
+    if robust:
+        options = {"reml": reml, "n_jobs": n_jobs, "progress": progress}
+        results = [
+            fit_robust(Y, data, formula, feature_names=members, **options)[0]
+            for members, Y, data in blocks
+        ]
+    else:
+        plans = [
+            plan_fit(
+                Y,
+                data,
+                formula,
+                reml=reml,
+                n_jobs=n_jobs,
+                chunk_size=None,
+                feature_names=members,
+                nonfinite="raise",
+                drop_aliased=False,
+                weights=None,
+            )
+            for members, Y, data in blocks
+        ]
+        results = run_plans(plans, n_jobs=n_jobs, progress=progress)
     features = positions.index.levels[0]  # in order of first appearance
     return LMMResult.concat(results, order=features), positions
 
