@@ -47,6 +47,9 @@ them back to formula order.
 
 from __future__ import annotations
 
+import math
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +69,33 @@ _LOG2PI = np.log(2.0 * np.pi)
 # Bytes of one (features, dr, dr) stack per block of features in criterion: temporaries this
 # small are reused by malloc instead of mapped afresh (and page-faulted in) on every call.
 _BLOCK_BYTES = 2**17
+
+
+_KEEP_ITEMS = 2**20  # float64 items: 8 MiB
+
+
+class _Workspace(threading.local):
+    """Buffers for criterion's large temporaries, kept between calls (one set per thread).
+
+    Allocated afresh, each call's few MB are freed at its end; glibc then trims the top of the
+    heap and the next call page-faults it back in, which took 40 % of an evaluation here.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A C-contiguous ``shape`` array (uninitialized) that lives until ``name`` is reused."""
+        size = math.prod(shape)
+        if size > _KEEP_ITEMS:  # rare (thousands of levels): not worth holding on to
+            return np.empty(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.size < size:
+            buf = self.buffers[name] = np.empty(size)
+        return buf[:size].reshape(shape)
+
+
+_scratch = _Workspace()
 
 
 @dataclass(frozen=True)
@@ -126,22 +156,26 @@ class Reduced:
         B = None if self.B is None else self.B[rows]
         return Reduced(self.A[rows], G, B, self.counts[rows], self.mult[rows], self.layout)
 
-    def weighted(self, s: np.ndarray) -> np.ndarray:
+    def weighted(
+        self, s: np.ndarray, scratch: Callable[[str, tuple[int, ...]], np.ndarray] | None = None
+    ) -> np.ndarray:
         """``Σ_i s_i a_i a_i'`` over the eliminated columns, for several weightings at once.
 
         ``s`` is ``(m, j, K)``: ``j`` weightings per class (or per level); returns
-        ``(m, j, dr, dr)`` from one stacked product.
+        ``(m, j, dr, dr)`` from one stacked product, in ``scratch`` buffers if given.
         """
+        new = scratch or (lambda _, shape: np.empty(shape))
         m, dr = self.A.shape[:2]
         j = s.shape[1]
         if self.G is not None:
-            return (s @ self.G).reshape(m, j, dr, dr)
+            return np.matmul(s, self.G, out=new("W", (m, j, dr * dr))).reshape(m, j, dr, dr)
         q1 = self.B.shape[1]
         # Written in C order so the reshape below is a view: numpy would otherwise lay the
         # product out like the transposed B and the reshape would copy it.
-        rows = np.empty((m, j, dr, q1))
+        rows = new("rows", (m, j, dr, q1))
         np.multiply(self.B.transpose(0, 2, 1)[:, None], s[:, :, None, :], out=rows)
-        return (rows.reshape(m, j * dr, q1) @ self.B).reshape(m, j, dr, dr)
+        W = np.matmul(rows.reshape(m, j * dr, q1), self.B, out=new("W", (m, j * dr, dr)))
+        return W.reshape(m, j, dr, dr)
 
     def eliminated(self, s: np.ndarray) -> np.ndarray:
         """``A_rr − Σ_i s_i a_i a_i'``: the rest of ``A`` after eliminating term 1 with ``s``."""
@@ -222,14 +256,16 @@ def factor_criterion(
     return np.where(bad, np.inf, crit), L, r2, bad
 
 
-def triangular_inverse(L: np.ndarray) -> np.ndarray:
+def triangular_inverse(L: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Inverses of a stack of lower-triangular matrices, by forward substitution.
 
     One row at a time across the whole stack: for the small systems here this is several times
     faster than ``np.linalg.inv``, whose cost is a LAPACK call per matrix.
     """
     n = L.shape[1]
-    X = np.zeros_like(L)
+    X = np.zeros_like(L) if out is None else out
+    if out is not None:
+        X.fill(0.0)
     d = 1.0 / np.diagonal(L, axis1=1, axis2=2)
     for i in range(n):
         X[:, i, i] = d[:, i]
@@ -304,6 +340,7 @@ def _criterion(
     qr = layout.q - q1  # random-effect columns left after eliminating term 1
     rest_terms = layout.term_of()[q1:]
     theta = np.asarray(theta, dtype=np.float64)
+    square = (m, dr, dr)
     scale = np.ones((m, dr))
     scale[:, :qr] = theta[:, rest_terms]
 
@@ -314,26 +351,27 @@ def _criterion(
         den = 1.0 + sq
         # s = θ₁²/(1 + θ₁²c) and, as the order asks, ∂s/∂θ₁ and ∂²s/∂θ₁², weighted at once.
         s = [t1**2 / den, 2.0 * t1 / den**2, 2.0 * (1.0 - 3.0 * sq) / den**3][: order + 1]
-        W = red.weighted(np.stack(s, axis=1))
-        A_t = red.A - W[:, 0]
+        W = red.weighted(np.stack(s, axis=1), _scratch)
+        A_t = np.subtract(red.A, W[:, 0], out=_scratch("A_t", square))
         ell = (red.mult * np.log(den)).sum(axis=1)
     else:
         A_t, ell = red.A, np.zeros(m)
 
-    B = A_t * scale[:, None, :]  # Ã S
-    Om = B * scale[:, :, None]
+    B = np.multiply(A_t, scale[:, None, :], out=_scratch("B", square))  # Ã S
+    Om = np.multiply(B, scale[:, :, None], out=_scratch("Om", square))
     crit, L, r2, bad = factor_criterion(Om, qr, ell, n_obs, p_eff, reml)
     nu = n_obs - p_eff
     if order == 0:
         return crit, None, None
 
-    Lsafe = np.where(bad[:, None, None], np.eye(dr), L)
-    Linv = triangular_inverse(Lsafe)
-    K = Linv.transpose(0, 2, 1) @ Linv  # Ω̃⁻¹
+    Lsafe = np.where(bad[:, None, None], np.eye(dr), L) if bad.any() else L
+    Linv = triangular_inverse(Lsafe, out=_scratch("Linv", square))
+    K = np.matmul(Linv.transpose(0, 2, 1), Linv, out=_scratch("K", square))  # Ω̃⁻¹
     if reml:
         Kk = K
     else:
-        Kk = np.zeros_like(K)
+        Kk = _scratch("Kk", square)
+        Kk.fill(0.0)
         Kk[:, :qr, :qr] = Linv[:, :qr, :qr].transpose(0, 2, 1) @ Linv[:, :qr, :qr]
     v = K[:, :, -1]
     r2 = np.where(bad, 1.0, r2)
@@ -363,7 +401,7 @@ def _criterion(
             out[:, 1:, 1:] = np.add.reduceat(rows, starts, axis=2)
         return out
 
-    C = B @ Kk
+    C = np.matmul(B, Kk, out=_scratch("C", square))
     Bv = np.einsum("mij,mj->mi", B, v)
     tr_D = 2.0 * sums(np.diagonal(C, axis1=1, axis2=2))  # tr(Kk D_a)
     vDv = 2.0 * sums(v * Bv)  # v'D_a v
@@ -372,8 +410,9 @@ def _criterion(
     d_ell = np.zeros((m, k))
     if k:
         # Term 1 (eliminated): D_0 = −S W₁ S with W₁ = Σ s'_i a_i a_i'.
-        G1 = W[:, 1] * scale[:, None, :]  # W₁ S
-        F = -G1 * scale[:, :, None]
+        G1 = np.multiply(W[:, 1], scale[:, None, :], out=_scratch("G1", square))  # W₁ S
+        F = np.negative(G1, out=_scratch("F", square))
+        F *= scale[:, :, None]
         Fv = np.einsum("mij,mj->mi", F, v)
         tr_D[:, 0] = np.einsum("mij,mij->m", Kk, F)
         vDv[:, 0] = np.einsum("mi,mi->m", Fv, v)
@@ -384,19 +423,24 @@ def _criterion(
     if order == 1:
         return crit, grad, None
 
-    H = C @ B.transpose(0, 2, 1)  # B Kk B'
-    tr_DD = 2.0 * blocks(C * C.transpose(0, 2, 1)) + 2.0 * blocks(Kk * H)  # tr(Kk D_a Kk D_b)
-    tr_D2 = 2.0 * blocks(Kk * A_t)  # tr(Kk D_ab), D_ab = E_a Ã E_b + E_b Ã E_a
+    H = np.matmul(C, B.transpose(0, 2, 1), out=_scratch("H", square))  # B Kk B'
+    tmp = _scratch("product", square)
+    # tr(Kk D_a Kk D_b), then tr(Kk D_ab) with D_ab = E_a Ã E_b + E_b Ã E_a.
+    tr_DD = 2.0 * blocks(np.multiply(C, C.transpose(0, 2, 1), out=tmp))
+    tr_DD += 2.0 * blocks(np.multiply(Kk, H, out=tmp))
+    tr_D2 = 2.0 * blocks(np.multiply(Kk, A_t, out=tmp))
     Ev = E * v[:, None, :]
     vD2v = 2.0 * Ev @ A_t @ Ev.transpose(0, 2, 1)  # v'D_ab v
     extra = np.zeros((m, k, k))
     if k:
         # Pairs with term 1: D_00 = −S W₂ S, D_0b = −(E_b G₁ + G₁'E_b).
-        F2 = -W[:, 2] * scale[:, None, :] * scale[:, :, None]
-        FK = F @ Kk
+        F2 = np.negative(W[:, 2], out=_scratch("F2", square))
+        F2 *= scale[:, None, :]
+        F2 *= scale[:, :, None]
+        FK = np.matmul(F, Kk, out=_scratch("FK", square))
         tr_DD[:, 0, :] = tr_DD[:, :, 0] = 2.0 * sums(np.einsum("mij,mji->mi", C, FK))
         tr_DD[:, 0, 0] = np.einsum("mij,mji->m", FK, FK)
-        tr_D2[:, 0, :] = tr_D2[:, :, 0] = -2.0 * sums((G1 * Kk).sum(axis=2))
+        tr_D2[:, 0, :] = tr_D2[:, :, 0] = -2.0 * sums(np.multiply(G1, Kk, out=tmp).sum(axis=2))
         tr_D2[:, 0, 0] = np.einsum("mij,mij->m", Kk, F2)
         G1v = np.einsum("mij,mj->mi", G1, v)
         vD2v[:, 0, :] = vD2v[:, :, 0] = -2.0 * sums(v * G1v)
