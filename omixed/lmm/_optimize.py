@@ -24,6 +24,7 @@ __all__ = ["OptSummary", "minimize"]
 _LADDERS = tuple(0.5 ** np.arange(1 + 13 * i, 14 + 13 * i) for i in range(3))
 
 _AT_ZERO = 1e-8
+_ESCAPE_BELOW = 1e-2
 # A Newton step this short (relative to 1 + |θ|) is taken as the last one (see minimize).
 _LAST_STEP = 1e-5
 
@@ -226,7 +227,9 @@ def _newton_direction(
     # so a coordinate that drifted to 1e-15 would otherwise sit on a maximum, unable to escape.
     at_zero = theta <= lower + _AT_ZERO  # never true for a free parameter (lower = -inf)
     flat = np.abs(grad) <= 1e-12 * (1.0 + np.abs(curvature))
-    escape = at_zero & (curvature < 0.0) & ~fixed
+    # Near the bound with negative curvature the optimum lies further in, but the modified
+    # Newton step only doubles θ (the gradient is ~curvature·θ there): step out at once.
+    escape = (theta <= lower + _ESCAPE_BELOW) & (curvature < 0.0) & (grad <= 0.0) & ~fixed
     at_bound = fixed | (at_zero & ~escape & ((grad > 0.0) | flat))
     free = ~at_bound
     hess = np.where(free[:, :, None] & free[:, None, :], hess, 0.0)
