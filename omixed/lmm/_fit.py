@@ -410,6 +410,14 @@ def run_plans(plans: list[_Plan], *, n_jobs: int, progress: bool | None) -> list
     return results
 
 
+def _joined(notes: dict[int, list[str]], m: int) -> np.ndarray:
+    """Per-feature notes as one string each ("" for none)."""
+    out = np.full(m, "", dtype=object)
+    for f, items in notes.items():
+        out[f] = "; ".join(items)
+    return out
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A chunk's standardized responses and cross-products, with non-estimable columns dropped.
@@ -478,9 +486,11 @@ def _fit_chunk(
     dropped, fits_exactly, p_eff = prep.dropped, prep.fits_exactly, prep.p_eff
     center = prep.center
     reason = np.full(m, "", dtype=object)
-    notes = [[] for _ in range(m)]
+    notes: dict[int, list[str]] = {}  # only the features that have some
     for f, c in zip(*np.nonzero(dropped), strict=True):
-        notes[f].append(f"{design.fixed_names[c]} not estimable from the observed rows (dropped)")
+        notes.setdefault(f, []).append(
+            f"{design.fixed_names[c]} not estimable from the observed rows (dropped)"
+        )
 
     # A term seen at fewer than two levels in this feature has no estimable variance.
     term_of = layout.term_of()
@@ -492,7 +502,9 @@ def _fit_chunk(
     )
     fixed = levels_seen < 2
     for f, j in zip(*np.nonzero(fixed), strict=True):
-        notes[f].append(f"{design.term_names[j]} has < 2 observed levels: variance fixed at 0")
+        notes.setdefault(f, []).append(
+            f"{design.term_names[j]} has < 2 observed levels: variance fixed at 0"
+        )
 
     reason[n_obs - p_eff < 1] = "fewer observations than fixed effects + 1"
     reason[fits_exactly & (n_obs - p_eff >= 1)] = "values are fit exactly by the fixed effects"
@@ -627,7 +639,7 @@ def _fit_chunk(
         "covariance": sigma2[:, None] * rel_cov,
         "converged": converged & ok,
         "reason": reason,
-        "notes": np.array(["; ".join(n) for n in notes], dtype=object),
+        "notes": _joined(notes, m),
         "n_obs": n_obs.astype(np.int64),
         "n_iter": n_iter,
         "dropped": dropped,

@@ -200,8 +200,15 @@ def reduce(A: np.ndarray, layout: Layout) -> Reduced:
     values = np.arange(1.0, layout.count_classes + 1.0)
     member = (counts[:, :, None] == values).astype(np.float64)  # (m, q1, K)
     class_counts = np.broadcast_to(values, (m, values.size)).copy()
-    outer = A_r1.transpose(0, 2, 1)[:, :, :, None] * A_r1.transpose(0, 2, 1)[:, :, None, :]
-    G = member.transpose(0, 2, 1) @ outer.reshape(m, q1, dr * dr)
+    # Class sums of the outer products a_i a_i', a block of features at a time so the
+    # (features, q₁, dr²) temporary stays small (see _BLOCK_BYTES).
+    G = np.empty((m, values.size, dr * dr))
+    cols = A_r1.transpose(0, 2, 1)
+    step = max(1, _BLOCK_BYTES // (8 * q1 * dr * dr))
+    for a in range(0, m, step):
+        outer = cols[a : a + step, :, :, None] * cols[a : a + step, :, None, :]
+        outer = outer.reshape(-1, q1, dr * dr)
+        np.matmul(member[a : a + step].transpose(0, 2, 1), outer, out=G[a : a + step])
     return Reduced(A_rr, G, None, class_counts, member.sum(axis=1), layout)
 
 
