@@ -143,15 +143,31 @@ class LMMResult:
             if res.spec.fixed_names != first.spec.fixed_names or res.reml != first.reml:
                 raise ValueError("results differ in fixed effects or REML/ML; cannot concatenate")
 
+        index = pd.Index(
+            np.concatenate([r.feature_names for r in results]), name=first.feature_names.name
+        )
         take = None
         if order is not None:
-            take = pd.Index(np.concatenate([r.feature_names for r in results])).get_indexer(order)
+            take = index.get_indexer(order)
             if (take < 0).any():
                 raise ValueError("order names features that are in none of the results")
+            index = index[take]
 
         def stack(tables: list):
-            out = pd.concat(tables)
-            return out if take is None else out.iloc[take]
+            first = tables[0]
+            same = first.ndim == 1 or (
+                first.dtypes.nunique() <= 1
+                and all(t.columns.equals(first.columns) for t in tables[1:])
+            )
+            if not same:  # e.g. BLUPs of a local factor with more levels in some results
+                out = pd.concat(tables)
+                return out if take is None else out.iloc[take]
+            # One array per table: much cheaper than pd.concat for a handful of small tables.
+            values = np.concatenate([t.to_numpy() for t in tables])
+            values = values if take is None else values[take]
+            if first.ndim == 1:
+                return pd.Series(values, index=index, name=first.name, dtype=first.dtype)
+            return pd.DataFrame(values, index=index, columns=first.columns)
 
         blup = {name: stack([r.blup[name] for r in results]) for name in first.blup}
         return cls(
