@@ -493,3 +493,33 @@ def test_minimize_reaches_known_optima_and_reports_the_criterion_there():
     np.testing.assert_allclose(near.theta, expected, rtol=0, atol=1e-9)
     f_there, _, _ = objective(near.theta, np.arange(200), 0)
     np.testing.assert_array_equal(near.fmin, f_there)
+
+
+def test_grouped_fixed_effects_are_evaluated_on_the_units():
+    """Stateful transforms see each unit once, whatever a bucket's size: the same for all."""
+    rng = np.random.default_rng(2)
+    design = pd.DataFrame(
+        {"x": rng.normal(size=8), "batch": list("aabbccdd")}, index=[f"s{i}" for i in range(8)]
+    )
+    rows = [
+        (f"P{p}", s, f"P{p}_{j}", rng.normal())
+        for p, k in enumerate([2, 2, 5, 5])
+        for s in design.index
+        for j in range(k)
+    ]
+    long = pd.DataFrame(rows, columns=["feature", "sample", "peptide", "y"])
+    res, _ = lmm.fit_grouped(long, design, "~ poly(x, 2) + (1|batch) + (1|peptide)")
+    # poly() on the units: orthonormal columns over the 8 units, identical in both buckets, so
+    # each protein's fit equals a plain fit on its own rows with that matrix.
+    X = lmm.build_spec(design, "~ poly(x, 2)").X
+    for name in ("P0", "P2"):
+        rows_f = long[long["feature"] == name]
+        own = pd.DataFrame(X[design.index.get_indexer(rows_f["sample"])], columns=["i", "p1", "p2"])
+        own["batch"] = design.loc[rows_f["sample"], "batch"].to_numpy()
+        own["peptide"] = rows_f["peptide"].to_numpy()
+        ref = lmm.fit(rows_f[["y"]].to_numpy(), own, "~ p1 + p2 + (1|batch) + (1|peptide)")
+        np.testing.assert_allclose(
+            res.beta.loc[name].to_numpy(), ref.beta.iloc[0].to_numpy(), rtol=1e-6
+        )
+    with pytest.raises(ValueError, match=r"\['peptide'\] not found"):
+        lmm.fit_grouped(long, design, "~ peptide + (1|batch)")

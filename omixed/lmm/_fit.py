@@ -322,9 +322,13 @@ def plan_fit(
     nonfinite: str,
     drop_aliased: bool,
     weights: np.ndarray | None,
+    fixed: tuple[np.ndarray, tuple[str, ...]] | None = None,
 ) -> _Plan:
-    """Check the inputs of :func:`fit` and split its work into chunk tasks (not yet run)."""
-    spec = build_spec(data, formula, drop_aliased=drop_aliased)
+    """Check the inputs of :func:`fit` and split its work into chunk tasks (not yet run).
+
+    ``fixed``: the fixed-effects matrix and names, if already evaluated (see build_spec).
+    """
+    spec = build_spec(data, formula, drop_aliased=drop_aliased, fixed=fixed)
     in_memory = isinstance(Y, np.ndarray | list | tuple) or not hasattr(Y, "shape")
     if in_memory:
         Y = _check_response(Y, spec.n_rows, nonfinite)

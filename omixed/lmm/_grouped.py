@@ -21,6 +21,7 @@ import pandas as pd
 from ._fit import plan_fit, run_plans
 from ._result import LMMResult
 from ._robust import fit_robust
+from ._spec import fixed_matrix, parse_formula
 
 __all__ = ["fit_grouped"]
 
@@ -78,7 +79,8 @@ def fit_grouped(
     design
         One row per unit (index = unit names) with the unit-level columns of the formula.
     formula
-        lme4 formula that may use ``(1|<local>)`` and ``(1|<unit>)`` and design columns.
+        lme4 formula that may use ``(1|<local>)`` and ``(1|<unit>)`` and design columns.  Its
+        fixed effects are evaluated once on ``design`` (unit-level columns, or ``unit``).
     feature, unit, local, value
         Column names in ``values``.
     robust
@@ -103,6 +105,10 @@ def fit_grouped(
             for members, Y, data in blocks
         ]
     else:
+        # The fixed effects are unit-level: evaluated once on the units (so stateful transforms
+        # such as center() or poly() are the same for every bucket), then repeated per position.
+        units = design.set_axis(design.index.astype(str)).assign(**{unit: lambda d: d.index})
+        X_units, names = fixed_matrix(units, parse_formula(formula)[0])
         plans = [
             plan_fit(
                 Y,
@@ -115,6 +121,7 @@ def fit_grouped(
                 nonfinite="raise",
                 drop_aliased=False,
                 weights=None,
+                fixed=(np.repeat(X_units, len(data) // len(units), axis=0), names),
             )
             for members, Y, data in blocks
         ]

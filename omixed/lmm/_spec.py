@@ -190,8 +190,17 @@ def _covariate(data: pd.DataFrame, x: str, group: str) -> np.ndarray:
     return data[x].to_numpy(dtype=np.float64)
 
 
-def build_spec(data: pd.DataFrame, formula: str, *, drop_aliased: bool = False) -> ModelSpec:
+def build_spec(
+    data: pd.DataFrame,
+    formula: str,
+    *,
+    drop_aliased: bool = False,
+    fixed: tuple[np.ndarray, tuple[str, ...]] | None = None,
+) -> ModelSpec:
     """Evaluate ``formula`` on ``data``: the fixed-effects matrix and the random-effects terms.
+
+    ``fixed`` is the fixed-effects matrix and its column names when already evaluated
+    (:func:`fixed_matrix`, e.g. once for many designs that repeat the same rows).
 
     Raises
     ------
@@ -229,24 +238,7 @@ def build_spec(data: pd.DataFrame, formula: str, *, drop_aliased: bool = False) 
         if bars == "|" and len(new) > 1:  # (x|g): the components are correlated
             blocks.append(tuple(range(len(terms) - len(new), len(terms))))
 
-    try:
-        mm = model_matrix(fixed_formula, data, na_action="raise")
-    except Exception as exc:  # formulaic raises several types; re-raise as one, naming the columns
-        missing = [
-            tok
-            for tok in re.findall(r"[A-Za-z_.][A-Za-z0-9_.]*", fixed_formula)
-            if tok not in data.columns and tok not in {"C", "I", "np", "log", "exp", "Q"}
-        ]
-        if missing:
-            raise ValueError(
-                f"fixed-effects term(s) {missing} not found in the data; available columns: "
-                f"{', '.join(map(str, data.columns))}"
-            ) from exc
-        raise ValueError(
-            f"cannot build the fixed-effects matrix for {fixed_formula!r}: {exc}"
-        ) from exc
-    X = np.asarray(mm, dtype=np.float64)
-    names = tuple(str(c) for c in mm.columns)
+    X, names = fixed_matrix(data, fixed_formula) if fixed is None else fixed
     if X.shape[0] != len(data):
         raise ValueError("the fixed-effects matrix lost rows (missing values in the design?)")
     if X.shape[1] == 0:
@@ -267,6 +259,27 @@ def build_spec(data: pd.DataFrame, formula: str, *, drop_aliased: bool = False) 
         keep = [i for i in range(len(names)) if i not in aliased]
         X, names = X[:, keep], tuple(names[i] for i in keep)
     return ModelSpec(formula, fixed_formula, X, names, tuple(terms), tuple(notes), tuple(blocks))
+
+
+def fixed_matrix(data: pd.DataFrame, fixed_formula: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The fixed-effects matrix of ``fixed_formula`` (no random terms) on ``data``, by formulaic."""
+    try:
+        mm = model_matrix(fixed_formula, data, na_action="raise")
+    except Exception as exc:  # formulaic raises several types; re-raise as one, naming the columns
+        missing = [
+            tok
+            for tok in re.findall(r"[A-Za-z_.][A-Za-z0-9_.]*", fixed_formula)
+            if tok not in data.columns and tok not in {"C", "I", "np", "log", "exp", "Q"}
+        ]
+        if missing:
+            raise ValueError(
+                f"fixed-effects term(s) {missing} not found in the data; available columns: "
+                f"{', '.join(map(str, data.columns))}"
+            ) from exc
+        raise ValueError(
+            f"cannot build the fixed-effects matrix for {fixed_formula!r}: {exc}"
+        ) from exc
+    return np.asarray(mm, dtype=np.float64), tuple(str(c) for c in mm.columns)
 
 
 def aliased_columns(X: np.ndarray, rtol: float = 1e-9) -> list[int]:
