@@ -220,6 +220,7 @@ def fit(
     nonfinite: str = "raise",
     drop_aliased: bool = False,
     weights: np.ndarray | None = None,
+    fixed: tuple[np.ndarray, tuple[str, ...]] | None = None,
 ) -> LMMResult:
     """Fit ``formula`` to every column of ``Y`` by REML (default) or ML.
 
@@ -260,6 +261,10 @@ def fit(
         ``σ²/w_i`` (as lme4's ``weights``; e.g. voom weights for log-CPM).  They must be
         positive and finite where ``Y`` is observed.  ``variance["Residual"]`` is then σ², the
         variance of a unit-weight observation; the criterion includes ``−Σ log w_i``.
+    fixed
+        The fixed-effects matrix (rows × columns) and its column names, if already evaluated
+        (e.g. once for many fits on repeated rows, see :func:`~omixed.lmm.fit_grouped`); the
+        formula's fixed part is then not evaluated on ``data``.
 
     Returns
     -------
@@ -288,6 +293,7 @@ def fit(
         nonfinite=nonfinite,
         drop_aliased=drop_aliased,
         weights=weights,
+        fixed=fixed,
     )
     return run_plans([plan], n_jobs=n_jobs, progress=progress)[0]
 

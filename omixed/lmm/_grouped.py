@@ -98,17 +98,21 @@ def fit_grouped(
     blocks, positions = bucket_problems(
         values, design, feature=feature, unit=unit, local=local, value=value
     )
+    # The fixed effects are unit-level: evaluated once on the units (so stateful transforms such
+    # as center() or poly() are the same for every bucket), then repeated per position.
+    units = design.set_axis(design.index.astype(str)).assign(**{unit: lambda d: d.index})
+    X_units, names = fixed_matrix(units, parse_formula(formula)[0])
+
+    def fixed(data: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...]]:
+        return np.repeat(X_units, len(data) // len(units), axis=0), names
+
     if robust:
         options = {"reml": reml, "n_jobs": n_jobs, "progress": progress}
         results = [
-            fit_robust(Y, data, formula, feature_names=members, **options)[0]
+            fit_robust(Y, data, formula, feature_names=members, fixed=fixed(data), **options)[0]
             for members, Y, data in blocks
         ]
     else:
-        # The fixed effects are unit-level: evaluated once on the units (so stateful transforms
-        # such as center() or poly() are the same for every bucket), then repeated per position.
-        units = design.set_axis(design.index.astype(str)).assign(**{unit: lambda d: d.index})
-        X_units, names = fixed_matrix(units, parse_formula(formula)[0])
         plans = [
             plan_fit(
                 Y,
@@ -121,7 +125,7 @@ def fit_grouped(
                 nonfinite="raise",
                 drop_aliased=False,
                 weights=None,
-                fixed=(np.repeat(X_units, len(data) // len(units), axis=0), names),
+                fixed=fixed(data),
             )
             for members, Y, data in blocks
         ]
