@@ -238,7 +238,15 @@ def build_spec(
         if bars == "|" and len(new) > 1:  # (x|g): the components are correlated
             blocks.append(tuple(range(len(terms) - len(new), len(terms))))
 
-    X, names = fixed_matrix(data, fixed_formula) if fixed is None else fixed
+    if fixed is None:
+        X, names = fixed_matrix(data, fixed_formula)
+    else:
+        X, names = np.asarray(fixed[0], dtype=np.float64), tuple(fixed[1])
+        if X.ndim != 2 or X.shape != (len(data), len(names)):
+            raise ValueError(
+                f"fixed has a {X.shape} matrix and {len(names)} names; expected "
+                f"({len(data)}, {len(names)}), one row per row of data"
+            )
     if X.shape[0] != len(data):
         raise ValueError("the fixed-effects matrix lost rows (missing values in the design?)")
     if X.shape[1] == 0:
