@@ -247,7 +247,7 @@ def bench_combat(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-lme4", action="store_true", help="skip the lme4 peer")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--only", choices=["crossed", "peptides", "combat", "slopes"])
     args = parser.parse_args()
     use_lme4 = not args.no_lme4

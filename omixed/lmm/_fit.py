@@ -420,6 +420,11 @@ def run_plans(plans: list[_Plan], *, n_jobs: int, progress: bool | None) -> list
     return results
 
 
+def _take(A: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``A[rows]``, without the copy when ``rows`` are all of them in order (the usual case)."""
+    return A if np.array_equal(rows, np.arange(A.shape[0])) else A[rows]
+
+
 def _joined(notes: dict[int, list[str]], m: int) -> np.ndarray:
     """Per-feature notes as one string each ("" for none)."""
     out = np.full(m, "", dtype=object)
@@ -523,7 +528,7 @@ def _fit_chunk(
     ok = reason == ""
 
     rows = np.flatnonzero(ok)
-    A_ok, n_ok, p_ok = A[rows], n_obs[rows], p_eff[rows].astype(np.float64)
+    A_ok, n_ok, p_ok = _take(A, rows), n_obs[rows], p_eff[rows].astype(np.float64)
     k = design.n_theta
     if design.correlated:  # a block's correlations go with its components' variances
         extra = np.zeros((m, k - layout.n_theta), dtype=bool)
@@ -548,9 +553,10 @@ def _fit_chunk(
     general = np.flatnonzero(~shortcut)
     if general.size:
         n_g, p_g, sub_rows = n_ok[general], p_ok[general], rows[general]
+        A_g = _take(A_ok, general)
         if design.dense is not None:
             dense = design.dense
-            red_d = reduce_dense(A_ok[general], dense)
+            red_d = reduce_dense(A_g, dense)
 
             def objective(th, sub, order):
                 return dense_criterion(
@@ -560,7 +566,7 @@ def _fit_chunk(
         else:
             # Weighted counts are not the integers the count classes group by.
             plain = layout if weights is None else Layout(layout.sizes, layout.p, 0)
-            red = reduce(A_ok[general], plain)
+            red = reduce(A_g, plain)
 
             def objective(th, sub, order):
                 return criterion(th, red.take(sub), n_g[sub], p_g[sub], reml=reml, order=order)
@@ -571,7 +577,7 @@ def _fit_chunk(
                 # Moment estimates (see _starts): on the benchmark designs they beat every
                 # common start in 96-100 % of features and the optima do not change without
                 # the common starts, so they are the only start.
-                moments = moment_starts(A_ok[general], layout, n_g)[None]
+                moments = moment_starts(A_g, layout, n_g)[None]
                 opt = minimize(objective, moments, fixed[sub_rows], lower=lower)
             else:
                 # Several local optima: SDs start from each of _STARTS with correlations 0, one
