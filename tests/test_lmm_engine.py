@@ -527,3 +527,16 @@ def test_grouped_fixed_effects_are_evaluated_on_the_units():
         np.testing.assert_allclose(robust.beta.loc[name], ref.beta.iloc[0], rtol=1e-3)
     with pytest.raises(ValueError, match=r"\['peptide'\] not found"):
         lmm.fit_grouped(long, design, "~ peptide + (1|batch)")
+
+
+@pytest.mark.parametrize("n", [1, 5, 6, 7, 12, 21])
+def test_triangular_inverse_inverts_each_matrix_whatever_the_stack(n):
+    from omixed.lmm._objective import triangular_inverse
+
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(9, n, n))
+    L = np.linalg.cholesky(X @ X.transpose(0, 2, 1) + n * np.eye(n))
+    inverse = triangular_inverse(L)
+    np.testing.assert_allclose(inverse @ L, np.broadcast_to(np.eye(n), L.shape), atol=1e-13)
+    assert (np.triu(inverse, 1) == 0).all()
+    np.testing.assert_array_equal(triangular_inverse(L[3:4]), inverse[3:4])

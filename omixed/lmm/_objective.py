@@ -69,6 +69,7 @@ _LOG2PI = np.log(2.0 * np.pi)
 # Bytes of one (features, dr, dr) stack per block of features (criterion, reduce): large enough
 # for the per-call overhead to vanish, small enough to bound the temporaries and _Workspace.
 _BLOCK_BYTES = 2**20
+_TRIANGLE_LEAF = 6  # rows below which triangular_inverse substitutes row by row
 
 
 _KEEP_ITEMS = 2**20  # float64 items: 8 MiB
@@ -264,15 +265,30 @@ def factor_criterion(
 
 
 def triangular_inverse(L: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Inverses of a stack of lower-triangular matrices, by forward substitution.
+    """Inverses of a stack of lower-triangular matrices.
 
-    One row at a time across the whole stack: for the small systems here this is several times
-    faster than ``np.linalg.inv``, whose cost is a LAPACK call per matrix.
+    Blockwise: ``[[L₁₁, 0], [L₂₁, L₂₂]]⁻¹ = [[X₁₁, 0], [−X₂₂ L₂₁ X₁₁, X₂₂]]`` with both diagonal
+    blocks inverted in one stacked call (the smaller padded with a unit pivot), down to blocks
+    of ``_TRIANGLE_LEAF`` rows, which forward substitution inverts one row at a time across the
+    whole stack.  For the small systems here this costs a few numpy calls per level instead of
+    a LAPACK call per matrix (``np.linalg.inv``) or a call per row.
     """
-    n = L.shape[1]
+    m, n, _ = L.shape
     X = np.zeros_like(L) if out is None else out
     if out is not None:
         X.fill(0.0)
+    if n > _TRIANGLE_LEAF:
+        h = n - n // 2  # the first block is the larger one
+        D = np.zeros((2 * m, h, h))
+        D[:m] = L[:, :h, :h]
+        D[m:, : n - h, : n - h] = L[:, h:, h:]
+        if n - h < h:
+            D[m:, -1, -1] = 1.0
+        inverse = triangular_inverse(D)
+        X[:, :h, :h] = inverse[:m]
+        X[:, h:, h:] = inverse[m:, : n - h, : n - h]
+        X[:, h:, :h] = -(X[:, h:, h:] @ (L[:, h:, :h] @ X[:, :h, :h]))
+        return X
     d = 1.0 / np.diagonal(L, axis1=1, axis2=2)
     for i in range(n):
         X[:, i, i] = d[:, i]
