@@ -21,14 +21,7 @@ from ._dense import (
     reduce_dense,
     term_factor,
 )
-from ._objective import (
-    Layout,
-    criterion,
-    estimates,
-    reduce,
-    release_scratch,
-    use_count_classes,
-)
+from ._objective import Layout, criterion, estimates, reduce, use_count_classes
 from ._optimize import minimize
 from ._result import LMMResult
 from ._spec import ModelSpec, RandomTerm, aliased_mask, build_spec
@@ -606,7 +599,6 @@ def _fit_chunk(
             theta[sub_rows] = np.zeros((general.size, 0))
             crit[sub_rows], _, _ = objective(theta[sub_rows], np.arange(general.size), 0)
             converged[sub_rows] = True
-        release_scratch()  # the criterion's buffers live only while a chunk is optimized
     # The criterion can keep falling as θ → ∞ (σ² → 0): the random effects interpolate the
     # few observations.  There is no finite optimum; say so rather than "no convergence".
     degenerate = ok & ~converged & (np.nan_to_num(theta).max(axis=1, initial=0.0) > 100.0)

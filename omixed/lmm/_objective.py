@@ -101,11 +101,6 @@ class _Workspace(threading.local):
 _scratch = _Workspace()
 
 
-def release_scratch() -> None:
-    """Free this thread's criterion buffers (they are reused only within one optimization)."""
-    _scratch.buffers.clear()
-
-
 @dataclass(frozen=True)
 class Layout:
     """Where each block sits in the augmented cross-product ``A``.
