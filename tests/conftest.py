@@ -67,6 +67,12 @@ def sim_peptides():
     return long, design, ref
 
 
+@pytest.fixture(scope="session")
+def sim_peptides_truth() -> pd.DataFrame:
+    """The simulated truth of the peptide design per protein (``effect`` 0: unchanged)."""
+    return pd.read_csv(_reference_file("sim_peptides_truth.csv")).set_index("feature")
+
+
 def crossed_design(n_batch=4, n_donor=8, reps=3, seed=0) -> pd.DataFrame:
     """Batches crossed with donors (donors nested in condition), ``reps`` samples per donor."""
     rng = np.random.default_rng(seed)
