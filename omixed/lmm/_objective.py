@@ -69,10 +69,8 @@ _LOG2PI = np.log(2.0 * np.pi)
 # Bytes of one (features, dr, dr) stack per block of features (criterion, reduce): large enough
 # for the per-call overhead to vanish, small enough to bound the temporaries and _Workspace.
 _BLOCK_BYTES = 2**20
+_KEEP_ITEMS = 2**20  # _Workspace holds buffers up to this many float64 items (8 MiB)
 _TRIANGLE_LEAF = 6  # rows below which triangular_inverse substitutes row by row
-
-
-_KEEP_ITEMS = 2**20  # float64 items: 8 MiB
 
 
 class _Workspace(threading.local):
