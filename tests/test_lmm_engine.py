@@ -540,3 +540,31 @@ def test_triangular_inverse_inverts_each_matrix_whatever_the_stack(n):
     np.testing.assert_allclose(inverse @ L, np.broadcast_to(np.eye(n), L.shape), atol=1e-13)
     assert (np.triu(inverse, 1) == 0).all()
     np.testing.assert_array_equal(triangular_inverse(L[3:4]), inverse[3:4])
+
+
+def test_grouped_fit_does_not_depend_on_jobs():
+    """The buckets' chunks share one worker pool; results are the same bit for bit.
+
+    300 proteins of 2-15 peptides: two buckets of more than 64 proteins, each split in two.
+    """
+    rng = np.random.default_rng(8)
+    design = pd.DataFrame(
+        {"batch": np.repeat(list("abc"), 4), "cond": np.tile(["x", "y"], 6)},
+        index=[f"s{i:02d}" for i in range(12)],
+    )
+    rows = [
+        (f"P{p:02d}", s, f"pep{j}", rng.normal() + 0.3 * j)
+        for p in range(300)
+        for j in range(2 + p % 14)
+        for s in design.index
+        if rng.random() > 0.15
+    ]
+    long = pd.DataFrame(rows, columns=["feature", "sample", "peptide", "y"])
+    formula = "~ cond + (1|batch) + (1|sample) + (1|peptide)"
+    one, _ = lmm.fit_grouped(long, design, formula)
+    two, _ = lmm.fit_grouped(long, design, formula, n_jobs=2)
+    pd.testing.assert_series_equal(two.criterion, one.criterion, check_exact=True)
+    for attr in ("theta", "beta", "se", "variance"):
+        pd.testing.assert_frame_equal(getattr(two, attr), getattr(one, attr), check_exact=True)
+    for term, blup in one.blup.items():
+        pd.testing.assert_frame_equal(two.blup[term], blup, check_exact=True)
