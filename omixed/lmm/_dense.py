@@ -64,7 +64,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ._objective import factor_criterion, solve_reduced, triangular_inverse
+from ._objective import factor_criterion, factor_inverses, solve_reduced
 from ._optimize import _AT_ZERO, Objective, OptSummary, minimize
 
 __all__ = [
@@ -337,13 +337,7 @@ def dense_criterion(
     if order == 0:
         return crit, None, None
 
-    Linv = triangular_inverse(np.where(bad[:, None, None], np.eye(dr), L))
-    K = _tr(Linv) @ Linv  # Ω̃⁻¹
-    if reml:
-        Kk = K
-    else:
-        Kk = np.zeros_like(K)
-        Kk[:, :qr, :qr] = _tr(Linv[:, :qr, :qr]) @ Linv[:, :qr, :qr]
+    K, Kk = factor_inverses(L, bad, qr, reml)  # Ω̃⁻¹ and the log-determinant's block
     v = K[:, :, -1]
     r2 = np.where(bad, 1.0, r2)
     w = (n_obs - p_eff - 1.0) if reml else n_obs.astype(np.float64)

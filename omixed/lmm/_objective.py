@@ -97,6 +97,12 @@ class _Workspace(threading.local):
 
 
 _scratch = _Workspace()
+Scratch = Callable[[str, tuple[int, ...]], np.ndarray]  # (name, shape) -> array to write into
+
+
+def _fresh(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A new array for every request: the scratch of callers that keep their results."""
+    return np.empty(shape)
 
 
 @dataclass(frozen=True)
@@ -157,25 +163,22 @@ class Reduced:
         B = None if self.B is None else self.B[rows]
         return Reduced(self.A[rows], G, B, self.counts[rows], self.mult[rows], self.layout)
 
-    def weighted(
-        self, s: np.ndarray, scratch: Callable[[str, tuple[int, ...]], np.ndarray] | None = None
-    ) -> np.ndarray:
+    def weighted(self, s: np.ndarray, scratch: Scratch = _fresh) -> np.ndarray:
         """``Σ_i s_i a_i a_i'`` over the eliminated columns, for several weightings at once.
 
         ``s`` is ``(m, j, K)``: ``j`` weightings per class (or per level); returns
         ``(m, j, dr, dr)`` from one stacked product, in ``scratch`` buffers if given.
         """
-        new = scratch or (lambda _, shape: np.empty(shape))
         m, dr = self.A.shape[:2]
         j = s.shape[1]
         if self.G is not None:
-            return np.matmul(s, self.G, out=new("W", (m, j, dr * dr))).reshape(m, j, dr, dr)
+            return np.matmul(s, self.G, out=scratch("W", (m, j, dr * dr))).reshape(m, j, dr, dr)
         q1 = self.B.shape[1]
         # Written in C order so the reshape below is a view: numpy would otherwise lay the
         # product out like the transposed B and the reshape would copy it.
-        rows = new("rows", (m, j, dr, q1))
+        rows = scratch("rows", (m, j, dr, q1))
         np.multiply(self.B.transpose(0, 2, 1)[:, None], s[:, :, None, :], out=rows)
-        W = np.matmul(rows.reshape(m, j * dr, q1), self.B, out=new("W", (m, j * dr, dr)))
+        W = np.matmul(rows.reshape(m, j * dr, q1), self.B, out=scratch("W", (m, j * dr, dr)))
         return W.reshape(m, j, dr, dr)
 
     def eliminated(self, s: np.ndarray) -> np.ndarray:
@@ -274,9 +277,8 @@ def triangular_inverse(L: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     a LAPACK call per matrix (``np.linalg.inv``) or a call per row.
     """
     m, n, _ = L.shape
-    X = np.zeros_like(L) if out is None else out
-    if out is not None:
-        X.fill(0.0)
+    X = np.empty_like(L) if out is None else out
+    X.fill(0.0)
     if n > _TRIANGLE_LEAF:
         h = n - n // 2  # the first block is the larger one
         D = np.zeros((2 * m, h, h))
@@ -295,6 +297,26 @@ def triangular_inverse(L: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
         if i:
             X[:, i, :i] = -np.einsum("mj,mjk->mk", L[:, i, :i], X[:, :i, :i]) * d[:, i, None]
     return X
+
+
+def factor_inverses(
+    L: np.ndarray, bad: np.ndarray, qr: int, reml: bool, scratch: Scratch = _fresh
+) -> tuple[np.ndarray, np.ndarray]:
+    """``K = Ω̃⁻¹`` from its Cholesky factor ``L``, and ``Kk``, the inverse of the block whose
+    log-determinant the criterion holds: ``K`` itself for REML, the leading ``qr`` block for ML
+    (zero-padded).  Features whose factor failed (``bad``) get the identity's.
+    """
+    square = L.shape
+    if bad.any():
+        L = np.where(bad[:, None, None], np.eye(L.shape[1]), L)
+    Linv = triangular_inverse(L, out=scratch("Linv", square))
+    K = np.matmul(Linv.transpose(0, 2, 1), Linv, out=scratch("K", square))
+    if reml:
+        return K, K
+    Kk = scratch("Kk", square)
+    Kk.fill(0.0)
+    Kk[:, :qr, :qr] = Linv[:, :qr, :qr].transpose(0, 2, 1) @ Linv[:, :qr, :qr]
+    return K, Kk
 
 
 def criterion(
@@ -385,15 +407,7 @@ def _criterion(
     if order == 0:
         return crit, None, None
 
-    Lsafe = np.where(bad[:, None, None], np.eye(dr), L) if bad.any() else L
-    Linv = triangular_inverse(Lsafe, out=_scratch("Linv", square))
-    K = np.matmul(Linv.transpose(0, 2, 1), Linv, out=_scratch("K", square))  # Ω̃⁻¹
-    if reml:
-        Kk = K
-    else:
-        Kk = _scratch("Kk", square)
-        Kk.fill(0.0)
-        Kk[:, :qr, :qr] = Linv[:, :qr, :qr].transpose(0, 2, 1) @ Linv[:, :qr, :qr]
+    K, Kk = factor_inverses(L, bad, qr, reml, _scratch)
     v = K[:, :, -1]
     r2 = np.where(bad, 1.0, r2)
     w = (nu - 1.0) if reml else n_obs.astype(np.float64)
