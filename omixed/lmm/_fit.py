@@ -321,18 +321,17 @@ def plan_fit(
     data: pd.DataFrame,
     formula: str,
     *,
-    reml: bool,
-    n_jobs: int,
-    chunk_size: int | None,
-    feature_names: list[str] | pd.Index | None,
-    nonfinite: str,
-    drop_aliased: bool,
-    weights: np.ndarray | None,
+    reml: bool = True,
+    n_jobs: int = 1,
+    chunk_size: int | None = None,
+    feature_names: list[str] | pd.Index | None = None,
+    nonfinite: str = "raise",
+    drop_aliased: bool = False,
+    weights: np.ndarray | None = None,
     fixed: tuple[np.ndarray, tuple[str, ...]] | None = None,
 ) -> _Plan:
-    """Check the inputs of :func:`fit` and split its work into chunk tasks (not yet run).
-
-    ``fixed``: the fixed-effects matrix and names, if already evaluated (see build_spec).
+    """Check the inputs of :func:`fit` (same arguments) and split its work into chunk tasks,
+    not yet run (see :func:`run_plans`).
     """
     spec = build_spec(data, formula, drop_aliased=drop_aliased, fixed=fixed)
     in_memory = isinstance(Y, np.ndarray | list | tuple) or not hasattr(Y, "shape")

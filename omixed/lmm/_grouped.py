@@ -115,17 +115,7 @@ def fit_grouped(
     else:
         plans = [
             plan_fit(
-                Y,
-                data,
-                formula,
-                reml=reml,
-                n_jobs=n_jobs,
-                chunk_size=None,
-                feature_names=members,
-                nonfinite="raise",
-                drop_aliased=False,
-                weights=None,
-                fixed=fixed(data),
+                Y, data, formula, reml=reml, n_jobs=n_jobs, feature_names=members, fixed=fixed(data)
             )
             for members, Y, data in blocks
         ]
