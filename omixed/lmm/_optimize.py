@@ -110,19 +110,15 @@ def minimize(
         # that would lower the criterion by less than ftol.  Near the optimum Newton's model
         # is exact to second order, so this saves the evaluation that would confirm it.
         predicted = -0.5 * np.einsum("ij,ij->i", g[active], step)
-        there = (predicted <= ftol * (1.0 + np.abs(f[active]))) & (
-            np.abs(step).max(axis=1) <= xtol * (1.0 + np.abs(theta[active]).max(axis=1))
-        )
+        size = np.abs(step).max(axis=1)
+        room = 1.0 + np.abs(theta[active]).max(axis=1)
+        there = (predicted <= ftol * (1.0 + np.abs(f[active]))) & (size <= xtol * room)
         converged[active[there]] = True
         # In Newton's quadratic regime (a positive definite model and a short step), the step
         # leaves an error of the order of its square, below xtol: take it without the
         # second-order evaluation that would only confirm it (the criterion there is checked
         # in one batch at the end).
-        last = (
-            ~there
-            & newton
-            & (np.abs(step).max(axis=1) <= _LAST_STEP * (1.0 + np.abs(theta[active]).max(axis=1)))
-        )
+        last = ~there & newton & (size <= _LAST_STEP * room)
         if last.any():
             rows = active[last]
             finishing.append((rows, theta[rows].copy(), f[rows].copy()))
