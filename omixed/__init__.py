@@ -1,7 +1,8 @@
 """omixed: batch-effect removal for omics data with vectorized per-feature linear mixed models.
 
 Public namespaces follow scanpy: :mod:`omixed.pp` (preprocessing), :mod:`omixed.tl` (tools),
-:mod:`omixed.pl` (plots), :mod:`omixed.io` (readers), :mod:`omixed.datasets` (example data),
+:mod:`omixed.pl` (plots), :mod:`omixed.get` (stored results), :mod:`omixed.io` (readers),
+:mod:`omixed.datasets` (example data),
 and :mod:`omixed.lmm`, the AnnData-free engine.
 """
 
@@ -16,7 +17,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 import importlib
 
-__all__ = ["__version__", "datasets", "io", "lmm", "pl", "pp", "tl"]
+__all__ = ["__version__", "datasets", "get", "io", "lmm", "pl", "pp", "tl"]
 
 
 def __getattr__(name: str):

@@ -3,14 +3,14 @@
     omixed import example -o data.h5ad
     omixed normalize data.h5ad -o norm.h5ad --steps median_center
     omixed split norm.h5ad -o chunk1.h5ad chunk2.h5ad
-    omixed fit chunk1.h5ad --formula "~ condition + (1|batch)" -o chunk1.pkl   # (and chunk2)
-    omixed merge --data norm.h5ad chunk1.pkl chunk2.pkl -o fitted.h5ad
+    omixed fit chunk1.h5ad --formula "~ condition + (1|batch)" -o fit1.h5ad   # (and chunk2)
+    omixed merge --data norm.h5ad fit1.h5ad fit2.h5ad -o fitted.h5ad
     omixed correct fitted.h5ad --remove batch -o corrected.h5ad
     omixed export corrected.h5ad --h5ad final.h5ad --corrected-tsv corrected.tsv \\
         --fit-tsv fit.tsv --varpart-tsv variance_partition.tsv
     omixed plot final.h5ad --varpart varpart.png --pca pca.png
 
-``omixed fit data.h5ad ... -o fitted.h5ad`` fits everything at once instead of split/fit/merge.
+``omixed fit norm.h5ad ... -o fitted.h5ad`` fits everything at once instead of split/fit/merge.
 Messages go to stderr; a failing command exits with status 1 and writes no output.
 """
 
@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Sequence
 
 from . import __version__
+from ._choices import CORRECTION_METHODS
 
 log = logging.getLogger("omixed.cli")
 
@@ -93,21 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("fit", cmd.fit, "Fit a linear mixed model to every feature.")
     p.add_argument("input", help="h5ad file")
     p.add_argument("--formula", required=True, help='e.g. "~ condition + (1|batch) + (1|donor)"')
-    p.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        help="fitted h5ad (*.h5ad) or, with any other suffix (e.g. .pkl), a result file for merge",
-    )
+    p.add_argument("-o", "--output", required=True, help="fitted h5ad to write")
     p.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
     p.add_argument("--layer", help="fit this layer instead of X")
     p.add_argument("--key", default="lmm", help="prefix of the stored results")
     p.add_argument("--threads", type=_positive, default=1, help="worker processes")
 
-    p = command("merge", cmd.merge, "Combine chunk result files into one fitted h5ad.")
-    p.add_argument("chunks", nargs="+", help="result files of 'omixed fit', in feature order")
-    p.add_argument("--data", required=True, help="the h5ad that was split (receives the results)")
+    p = command("merge", cmd.merge, "Combine the fits of feature chunks into one fitted h5ad.")
+    p.add_argument("chunks", nargs="+", help="fitted h5ad files of 'omixed fit', one per chunk")
+    p.add_argument("--data", required=True, help="the h5ad that was split (receives the fit)")
     p.add_argument("-o", "--output", required=True, help="fitted h5ad to write")
+    p.add_argument("--key", default="lmm", help="the fit's key in the chunk files")
 
     p = command("correct", cmd.correct, "Subtract the fitted effects of chosen terms.")
     p.add_argument("input", help="fitted h5ad")
@@ -115,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remove", nargs="+", default=["batch"], help="terms to remove (default batch)")
     p.add_argument(
         "--method",
-        choices=["eb", "blup", "full"],
+        choices=CORRECTION_METHODS,
         default="eb",
         help="how a random term's effects are estimated (see omixed.tl.correct; default eb)",
     )

@@ -77,9 +77,9 @@ def test_chunked_run_equals_package_api(
     assert run("split", d / "n.h5ad", "-o", *chunks) == 0
     assert [ad.read_h5ad(c).n_vars for c in chunks] == [20, 20, 20]
     for chunk in chunks:
-        assert run("fit", chunk, "--formula", FORMULA, "-o", chunk.with_suffix(".pkl")) == 0
-    pkls = [c.with_suffix(".pkl") for c in chunks]
-    assert run("merge", "--data", d / "n.h5ad", *pkls, "-o", d / "fitted.h5ad") == 0
+        assert run("fit", chunk, "--formula", FORMULA, "-o", chunk.with_suffix(".fit.h5ad")) == 0
+    fits = [c.with_suffix(".fit.h5ad") for c in chunks]
+    assert run("merge", "--data", d / "n.h5ad", *fits, "-o", d / "fitted.h5ad") == 0
     assert run("correct", d / "fitted.h5ad", "--remove", "batch", "-o", d / "corr.h5ad") == 0
     outputs = {
         "--h5ad": d / "final.h5ad",
@@ -134,11 +134,11 @@ def test_chunked_run_equals_package_api(
 def test_merge_restores_feature_order(tmp_path: Path, small_h5ad: Path) -> None:
     chunks = [tmp_path / "a.h5ad", tmp_path / "b.h5ad"]
     assert run("split", small_h5ad, "-o", *chunks) == 0
-    pkls = [c.with_suffix(".pkl") for c in chunks]
-    for chunk, pkl in zip(chunks, pkls, strict=True):
-        assert run("fit", chunk, "--formula", FORMULA, "-o", pkl) == 0
+    fits = [c.with_suffix(".fit.h5ad") for c in chunks]
+    for chunk, fitted in zip(chunks, fits, strict=True):
+        assert run("fit", chunk, "--formula", FORMULA, "-o", fitted) == 0
     # chunks given in reverse order still land on the data's own feature order
-    assert run("merge", "--data", small_h5ad, *pkls[::-1], "-o", tmp_path / "m.h5ad") == 0
+    assert run("merge", "--data", small_h5ad, *fits[::-1], "-o", tmp_path / "m.h5ad") == 0
     merged = ad.read_h5ad(tmp_path / "m.h5ad")
     second = ad.read_h5ad(chunks[1])
     assert list(merged.var_names) == list(ad.read_h5ad(small_h5ad).var_names)
@@ -152,8 +152,10 @@ def test_merge_refuses_incomplete_chunks(
 ) -> None:
     chunks = [tmp_path / "a.h5ad", tmp_path / "b.h5ad"]
     assert run("split", small_h5ad, "-o", *chunks) == 0
-    assert run("fit", chunks[0], "--formula", FORMULA, "-o", tmp_path / "a.pkl") == 0
-    assert run("merge", "--data", small_h5ad, tmp_path / "a.pkl", "-o", tmp_path / "m.h5ad") == 1
+    assert run("fit", chunks[0], "--formula", FORMULA, "-o", tmp_path / "a.fit.h5ad") == 0
+    assert (
+        run("merge", "--data", small_h5ad, tmp_path / "a.fit.h5ad", "-o", tmp_path / "m.h5ad") == 1
+    )
     assert "do not cover the features" in caplog.text
     assert "missing 'F0030'" in caplog.text
     assert not (tmp_path / "m.h5ad").exists()
@@ -199,7 +201,7 @@ def test_plot_writes_pngs(tmp_path: Path, reference: ad.AnnData) -> None:
     [
         (["fit", "{d}/missing.h5ad", "--formula", FORMULA], "no such file: {d}/missing.h5ad"),
         (["fit", "{data}", "--formula", "~ condition + (1|plate)"], "grouping factor 'plate'"),
-        (["fit", "{data}", "--formula", "~ treatment + (1|batch)"], "['treatment'] not found"),
+        (["fit", "{data}", "--formula", "~ treatment + (1|batch)"], "['treatment'] of the fixed effects not found"),
         (["normalize", "{data}", "--steps", "median_centre"], "unknown normalization step"),
         (["correct", "{data}"], "no fit stored under uns['lmm']"),
         (["import", "table", "{data}", "--options", '{{"colour": 1}}'], "colour"),

@@ -19,7 +19,7 @@ from scanpy.preprocessing import _combat
 from sklearn.metrics import silhouette_score
 
 import omixed
-from omixed.tl import _correct
+from omixed.lmm import _correction as _correct
 
 FORMULA = "~ condition + (1|batch) + (1|donor)"
 
@@ -101,7 +101,8 @@ def test_full_effects_equal_the_engines_sum_coded_refit(formula, others):
     adata = _adata(Y, design)
     adata.obs["age"] = design["age"].to_numpy()  # numeric, not a category
     omixed.tl.fit(adata, formula, progress=False)
-    est = _correct.unshrunk_effects(adata, "lmm", "batch", None)
+    model = omixed.get.model(adata)
+    est = _correct.unshrunk_effects(model, adata.X, model.spec.evaluate(adata.obs), "batch")
     obs = adata.obs.assign(b=adata.obs["batch"].astype(str))
     ref = omixed.lmm.fit(adata.X, obs, f"~ condition + C(b, contr.sum){others}")
     cols = [c for c in ref.beta.columns if c.startswith("C(b")]
@@ -250,7 +251,7 @@ def test_correct_method_errors():
     design = crossed_design()
     adata = _adata(simulate(design, n_features=5, seed=1), design)
     omixed.tl.fit(adata, FORMULA, progress=False)
-    with pytest.raises(ValueError, match=r"method must be one of \('blup', 'full', 'eb'\)"):
+    with pytest.raises(ValueError, match=r"method must be one of \('eb', 'blup', 'full'\)"):
         omixed.tl.correct(adata, method="combat", copy=True)
     with pytest.raises(ValueError, match=r"scale=True needs method='eb'.*'blup'"):
         omixed.tl.correct(adata, method="blup", scale=True, copy=True)
@@ -270,7 +271,7 @@ def test_features_that_cannot_be_fit_are_left_unchanged():
     adata = _adata(Y, design)
     with pytest.warns(UserWarning, match="features were not fit"):
         omixed.tl.fit(adata, FORMULA, progress=False)
-    for method in _correct.METHODS:
+    for method in _correct.CORRECTION_METHODS:
         omixed.tl.correct(adata, method=method, layer_added=method)
         out = adata.layers[method]
         np.testing.assert_array_equal(np.isnan(out), np.isnan(Y))
@@ -339,7 +340,7 @@ def quality() -> dict[str, dict[str, float]]:
     adata, truth = _crossed_truth()
     omixed.tl.fit(adata, FORMULA, progress=False)
     out = {"raw": adata.X, "truth": truth, "limma": _limma(adata), "ComBat": _combat_peer(adata)}
-    for method in _correct.METHODS:
+    for method in _correct.CORRECTION_METHODS:
         omixed.tl.correct(adata, method=method, layer_added=method)
         out[method] = adata.layers[method]
     obs = adata.obs
@@ -367,7 +368,7 @@ def test_omixed_methods_are_closer_to_the_truth_than_limma_and_combat(quality):
     # Measured RMSE: eb 0.134, blup 0.138, full 0.139; limma 0.173, ComBat 0.175.
     rmse = {m: q["rmse"] for m, q in quality.items()}
     assert min(rmse, key=rmse.get) == "truth"
-    for method in _correct.METHODS:
+    for method in _correct.CORRECTION_METHODS:
         assert rmse[method] < min(rmse["limma"], rmse["ComBat"]) - 0.02
     assert rmse["eb"] < rmse["full"]
 
@@ -378,9 +379,11 @@ def test_full_leaves_the_least_batch_signal_of_the_omixed_methods(quality):
     # remove OLS batch means, which also carry the donors that sit in each batch.
     r2 = {m: q["r2"] for m, q in quality.items()}
     assert r2["full"] < min(r2["blup"], r2["eb"])
-    assert max(r2[m] for m in _correct.METHODS) < min(0.05 * r2["raw"], 0.5 * r2["truth"])
+    assert max(r2[m] for m in _correct.CORRECTION_METHODS) < min(
+        0.05 * r2["raw"], 0.5 * r2["truth"]
+    )
     # Silhouette by condition, measured: truth 0.466, blup/full/eb 0.468, limma 0.467.
-    for method in (*_correct.METHODS, "limma"):
+    for method in (*_correct.CORRECTION_METHODS, "limma"):
         assert abs(quality[method]["sil"] - quality["truth"]["sil"]) < 0.01
 
 

@@ -10,7 +10,7 @@ import pytest
 import omixed
 from omixed._docs import DOCS, doc_params
 
-NAMESPACES = ["pp", "tl", "pl", "io", "datasets"]
+NAMESPACES = ["pp", "tl", "pl", "get", "io", "datasets"]
 # Functions whose first argument is not an AnnData: readers take a path, meta takes estimates,
 # datasets take nothing.
 NOT_ADATA_FIRST = {"io.read_maxquant", "io.read_diann", "io.read_long", "io.read_table", "tl.meta"}

@@ -72,7 +72,7 @@ def test_heterogeneous_weights_match_a_dense_likelihood():
     design = crossed_design(n_batch=5, n_donor=10, reps=3)
     n = len(design)
     spec = lmm.build_spec(design, "~ condition + (1|batch)")
-    Z = spec.terms[0].indicator()
+    Z = spec.terms[0].indicator().toarray()
     w = rng.uniform(0.3, 4.0, size=n)
     y = spec.X @ [5.0, 1.0] + Z @ rng.normal(0, 1.0, Z.shape[1]) + rng.normal(size=n) / np.sqrt(w)
     res = lmm.fit(y, design, "~ condition + (1|batch)", weights=w)

@@ -56,7 +56,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = make_project(tmp_path_factory.mktemp("run4"))
     proc = start(project)
     deadline = time.monotonic() + SNAKEMAKE_TIMEOUT
-    while not list((project / "results/fit").glob("*.pkl")):
+    while not list((project / "results/fit").glob("*-of-*.h5ad")):
         assert proc.poll() is None, (
             f"the run ended before any fit job finished:\n{proc.stdout.read()}"
         )
@@ -109,18 +109,19 @@ def test_resumed_run_equals_package_api(
         assert list(table.index) == list(reference.var_names)
     for name in ("variance_partition", "pca"):
         assert (finished / f"results/plots/{name}.png").read_bytes()[:4] == b"\x89PNG"
-    assert (finished / "logs/fit/1-of-4.log").read_text().count("wrote results/fit/1-of-4.pkl")
+    assert (finished / "logs/fit/1-of-4.log").read_text().count("wrote results/fit/1-of-4.h5ad")
 
 
 def test_resumed_run_left_no_partial_files(finished: Path) -> None:
     files = {str(p.relative_to(finished)) for p in (finished / "results").rglob("*") if p.is_file()}
-    kept = {f"results/fit/{i}-of-4.pkl" for i in range(1, 5)} | {
+    kept = {
         "results/data/imported.h5ad",
         "results/data/normalized.h5ad",
         "results/fit/fitted.h5ad",
         "results/fit/corrected.h5ad",
     }
-    # exactly the outputs: no temporary (atomic-write) files, chunk h5ads removed as temp()
+    # exactly the outputs: no temporary (atomic-write) files, chunk h5ads and chunk fits removed
+    # as temp()
     assert files == set(FINAL) | kept
 
 
@@ -129,8 +130,8 @@ def test_three_chunks_give_identical_results(finished: Path, tmp_path: Path) -> 
     normalized = (project / "results/data/normalized.h5ad").stat().st_mtime_ns
     # up to the gathered fit: correct and export are deterministic functions of it
     check(snakemake(project, "results/fit/fitted.h5ad", "--config", "chunks=3"))
-    assert sorted(p.name for p in (project / "results/fit").glob("*-of-3.pkl")) == [
-        "1-of-3.pkl", "2-of-3.pkl", "3-of-3.pkl"
+    assert sorted(p.name for p in (project / "logs/fit").glob("*-of-3.log")) == [
+        "1-of-3.log", "2-of-3.log", "3-of-3.log"
     ]  # fmt: skip
     # changing the chunk count re-ran split onward only
     assert (project / "results/data/normalized.h5ad").stat().st_mtime_ns == normalized
@@ -189,8 +190,8 @@ def test_slurm_dry_run_shows_resources(read_only_runs: dict) -> None:
     [
         ("unknown key", "Additional properties are not allowed ('formul' was unexpected)"),
         ("wrong type", "'four' is not of type 'integer'"),
-        ("missing column", "fixed-effects term(s) ['treatment'] not found"),
-        ("bad remove", "model.remove ['plate'] are not terms"),
+        ("missing column", "term(s) ['treatment'] of the fixed effects not found"),
+        ("bad remove", "cannot remove ['plate']: not in the fit"),
         ("proteins", "proteins.enabled is true"),
     ],
 )

@@ -8,29 +8,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .. import datasets, io, lmm, pl, pp, tl
+from .. import _fitstore, datasets, get, io, lmm, pl, pp, tl
 from .._utils import get_matrix
 from ..io._table import format_names, read_header
-from ..tl._fit import nested_terms, store
-from ._files import (
-    RUN_KEY,
-    read_h5ad,
-    read_pickle,
-    record,
-    run_record,
-    write_h5ad,
-    write_pickle,
-    write_tsv,
-)
+from ..tl._fit import warn_failures
+from ._files import RUN_KEY, read_h5ad, record, write_h5ad, write_tsv
 
 if TYPE_CHECKING:
-    from anndata import AnnData
+    pass
 
 log = logging.getLogger("omixed.cli")
 
@@ -113,46 +103,39 @@ def split(args: argparse.Namespace) -> None:
 
 def fit(args: argparse.Namespace) -> None:
     adata = read_h5ad(args.input)
-    params = {"formula": args.formula, "reml": not args.ml, "layer": args.layer, "key": args.key}
-    if Path(args.output).suffix == ".h5ad":
-        tl.fit(
-            adata,
-            args.formula,
-            layer=args.layer,
-            reml=not args.ml,
-            key_added=args.key,
-            n_jobs=args.threads,
-            progress=False,
-        )
-        record(adata, "fit", params)
-        write_h5ad(adata, args.output)
-        return
-    # A result file for `omixed merge`: the engine's result for these features, unstored.
-    res = lmm.fit(
-        get_matrix(adata, args.layer),
-        adata.obs,
+    tl.fit(
+        adata,
         args.formula,
+        layer=args.layer,
         reml=not args.ml,
+        key_added=args.key,
         n_jobs=args.threads,
-        feature_names=adata.var_names,
         progress=False,
     )
-    log.info("fit %d features, %d converged", res.n_features, int(res.converged.sum()))
-    write_pickle({"params": params, "run": run_record(params), "result": res}, args.output)
+    params = {"formula": args.formula, "reml": not args.ml, "layer": args.layer, "key": args.key}
+    record(adata, "fit", params)
+    write_h5ad(adata, args.output)
 
 
 def merge(args: argparse.Namespace) -> None:
+    """The chunk fits, stacked in the data's feature order, stored as one fit of the data."""
     adata = read_h5ad(args.data)
-    chunks = [read_pickle(path) for path in args.chunks]
-    for path, chunk in zip(args.chunks, chunks, strict=True):
-        if not isinstance(chunk, dict) or "result" not in chunk:
-            raise ValueError(f"{path} is not a result file written by 'omixed fit'")
-        if chunk["params"] != chunks[0]["params"]:
+    fits, records = [], []
+    for path in args.chunks:
+        chunk = read_h5ad(path)
+        try:
+            fits.append(_fitstore.read(chunk, args.key))
+        except KeyError as err:
+            raise ValueError(f"{path} holds no fit under {args.key!r}: {err.args[0]}") from None
+        records.append(_fitstore.info(chunk, args.key))
+    same = ("layer", "weights_layer", "robust", "reml")
+    for path, res, rec in zip(args.chunks, fits, records, strict=True):
+        if not res.spec.same_model(fits[0].spec) or any(rec[k] != records[0][k] for k in same):
             raise ValueError(
-                f"{path} was fit with {chunk['params']}, {args.chunks[0]} with "
-                f"{chunks[0]['params']}; refit the chunks with one model"
+                f"{path} was fit with another model ({res.spec.formula!r} on its design) than "
+                f"{args.chunks[0]} ({fits[0].spec.formula!r}); refit the chunks with one model"
             )
-    names = pd.Index(np.concatenate([c["result"].feature_names for c in chunks]))
+    names = pd.Index(np.concatenate([res.feature_names for res in fits]))
     if names.has_duplicates or not names.sort_values().equals(adata.var_names.sort_values()):
         missing = adata.var_names.difference(names)
         extra = names.difference(adata.var_names)
@@ -163,15 +146,18 @@ def merge(args: argparse.Namespace) -> None:
             f"{format_names(extra, 5) or 'none'}; "
             f"duplicated {format_names(duplicated, 5) or 'none'}"
         )
-    res = lmm.LMMResult.concat([c["result"] for c in chunks], order=adata.var_names)
-    params = chunks[0]["params"]
-    # What tl.fit stores after fitting, so that a merged fit equals an unchunked one.
-    nested = nested_terms(adata.obs, res.spec)
-    store(adata, res, key_added=params["key"], layer=params["layer"], nested=nested)
+    res = lmm.LMMResult.concat(fits, order=adata.var_names)
+    # The same notes as a fit of the whole data in one piece gives.
+    for note in res.spec.warnings:
+        log.warning("UserWarning: %s", note)
+    _fitstore.write(adata, res, key=args.key, params={k: records[0][k] for k in same[:3]})
+    warn_failures(res, args.key)
     run = dict(adata.uns.get(RUN_KEY, {}))
-    run["fit"] = chunks[0]["run"]
+    chunk_run = read_h5ad(args.chunks[0]).uns.get(RUN_KEY, {})
+    if "fit" in chunk_run:
+        run["fit"] = chunk_run["fit"]
     adata.uns[RUN_KEY] = run
-    record(adata, "merge", {"n_chunks": len(chunks)})
+    record(adata, "merge", {"n_chunks": len(fits)})
     write_h5ad(adata, args.output)
 
 
@@ -179,15 +165,7 @@ def transform(args: argparse.Namespace) -> None:
     adata = read_h5ad(args.input)
     reference = read_h5ad(args.reference)
     tl.transform(adata, reference, key=args.key, remove=args.remove, layer_added=args.layer_added)
-    # The reference's per-feature fit travels along, so export writes the same tables.
-    key, features = args.key, adata.var_names
-    for column in reference.var.columns[reference.var.columns.str.startswith(f"{key}_")]:
-        adata.var[column] = reference.var.loc[features, column].to_numpy()
-    for name in reference.varm:
-        if name.startswith(f"{key}_") and name not in adata.varm:
-            adata.varm[name] = reference.varm[name].loc[features]
-    adata.uns[key] = reference.uns[key]
-    params = {"reference": str(args.reference), "key": key, "remove": list(args.remove)}
+    params = {"reference": str(args.reference), "key": args.key, "remove": list(args.remove)}
     record(adata, "transform", params)
     write_h5ad(adata, args.output)
 
@@ -224,21 +202,9 @@ def export(args: argparse.Namespace) -> None:
         table = pd.DataFrame(values.T, index=adata.var_names, columns=adata.obs_names)
         write_tsv(table.rename_axis("feature"), args.corrected_tsv, run)
     if args.fit_tsv is not None:
-        write_tsv(fit_table(adata, args.key), args.fit_tsv, run)
+        write_tsv(get.fit_df(adata, key=args.key), args.fit_tsv, run)
     if args.varpart_tsv is not None:
         write_tsv(varpart.rename_axis("feature"), args.varpart_tsv, run)
-
-
-def fit_table(adata: AnnData, key: str) -> pd.DataFrame:
-    """One row per feature: criterion, convergence, reason, variance components, β and SE."""
-    fields = ["criterion", "converged", "n_obs", "reason", "notes"]
-    parts = [
-        adata.var[[f"{key}_{f}" for f in fields]].set_axis(fields, axis=1),
-        adata.varm[f"{key}_variance"].add_prefix("var_"),
-        adata.varm[f"{key}_beta"].add_prefix("beta_"),
-        adata.varm[f"{key}_se"].add_prefix("se_"),
-    ]
-    return pd.concat(parts, axis=1).rename_axis("feature")
 
 
 def plot(args: argparse.Namespace) -> None:

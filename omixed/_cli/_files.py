@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import shlex
 import sys
 from pathlib import Path
@@ -73,24 +72,6 @@ def write_tsv(table: pd.DataFrame, path: str | os.PathLike, run: dict[str, Any])
         fh.write(header)
         table.to_csv(fh, sep="\t")
     log.info("wrote %s (%d rows × %d columns)", path, *table.shape)
-
-
-def write_pickle(obj: object, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    log.info("wrote %s", path)
-
-
-def read_pickle(path: str | os.PathLike) -> Any:
-    """Load a file written by :func:`write_pickle` (only ever load files omixed wrote)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    with open(path, "rb") as fh:
-        try:
-            return pickle.load(fh)
-        except (pickle.UnpicklingError, EOFError) as err:
-            raise ValueError(f"{path} is not a result file written by 'omixed fit': {err}") from err
 
 
 def _decoded(run: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,15 @@ together, and :func:`fit` ties them together over feature chunks.  :mod:`._infer
 Satterthwaite tests and limma's variance moderation on top of a fit.
 """
 
+from ._correction import (
+    CORRECTION_METHODS,
+    Removal,
+    check_removal,
+    nested_warning,
+    removed_contribution,
+)
 from ._fit import fit
+from ._formula import Formula, parse_formula
 from ._grouped import fit_grouped
 from ._inference import (
     SqueezedVar,
@@ -24,14 +32,21 @@ from ._inference import (
 )
 from ._result import LMMResult
 from ._robust import fit_robust, fitted_values
-from ._spec import ModelSpec, RandomTerm, build_spec, parse_formula
+from ._spec import FixedSpec, ModelSpec, RandomTerm, Specification, TermSpec, build_spec
 
 __all__ = [
+    "CORRECTION_METHODS",
+    "FixedSpec",
+    "Formula",
     "LMMResult",
     "ModelSpec",
     "RandomTerm",
+    "Removal",
+    "Specification",
     "SqueezedVar",
+    "TermSpec",
     "build_spec",
+    "check_removal",
     "contrast_moments",
     "contrast_moments_grouped",
     "contrast_vector",
@@ -39,7 +54,9 @@ __all__ = [
     "fit_grouped",
     "fit_robust",
     "fitted_values",
+    "nested_warning",
     "parse_formula",
+    "removed_contribution",
     "satterthwaite",
     "satterthwaite_grouped",
     "squeeze_var",

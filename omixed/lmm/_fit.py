@@ -24,7 +24,7 @@ from ._dense import (
 from ._objective import Layout, criterion, estimates, reduce, use_count_classes
 from ._optimize import minimize
 from ._result import LMMResult
-from ._spec import ModelSpec, RandomTerm, aliased_mask, build_spec
+from ._spec import FixedSpec, ModelSpec, RandomTerm, aliased_mask, build_spec
 from ._spectral import Spectral, spectral_fit
 from ._starts import moment_starts
 
@@ -98,7 +98,7 @@ def _design(spec: ModelSpec) -> _Design:
         default=[],
     )
     order = np.array([*first, *(i for i in by_levels if i not in first)], dtype=int)
-    Z = [terms[i].indicator() for i in order]
+    Z = [terms[i].indicator().toarray() for i in order]
     sizes = tuple(terms[i].n_levels for i in order)
     p = spec.X.shape[1]
     dense, extra, pairs, classes, spectral = None, (), (), 0, None
@@ -220,7 +220,7 @@ def fit(
     nonfinite: str = "raise",
     drop_aliased: bool = False,
     weights: np.ndarray | None = None,
-    fixed: tuple[np.ndarray, tuple[str, ...]] | None = None,
+    fixed: FixedSpec | None = None,
 ) -> LMMResult:
     """Fit ``formula`` to every column of ``Y`` by REML (default) or ML.
 
@@ -262,9 +262,9 @@ def fit(
         positive and finite where ``Y`` is observed.  ``variance["Residual"]`` is then σ², the
         variance of a unit-weight observation; the criterion includes ``−Σ log w_i``.
     fixed
-        The fixed-effects matrix (rows × columns) and its column names, if already evaluated
-        (e.g. once for many fits on repeated rows, see :func:`~omixed.lmm.fit_grouped`); the
-        formula's fixed part is then not evaluated on ``data``.
+        Fixed effects already learned (e.g. once on the units of a grouped fit, see
+        :func:`~omixed.lmm.fit_grouped`): their encoding is applied to ``data`` instead of
+        being learned from it.
 
     Returns
     -------
@@ -312,7 +312,7 @@ class _Plan:
     def result(self, parts: list[dict[str, np.ndarray]]) -> LMMResult:
         merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
         return LMMResult.from_arrays(
-            self.spec, self.design.order, merged, self.feature_names, self.reml
+            self.spec.specification, self.design.order, merged, self.feature_names, self.reml
         )
 
 
@@ -328,7 +328,7 @@ def plan_fit(
     nonfinite: str = "raise",
     drop_aliased: bool = False,
     weights: np.ndarray | None = None,
-    fixed: tuple[np.ndarray, tuple[str, ...]] | None = None,
+    fixed: FixedSpec | None = None,
 ) -> _Plan:
     """Check the inputs of :func:`fit` (same arguments) and split its work into chunk tasks,
     not yet run (see :func:`run_plans`).

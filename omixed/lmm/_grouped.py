@@ -21,7 +21,7 @@ import pandas as pd
 from ._fit import plan_fit, run_plans
 from ._result import LMMResult
 from ._robust import fit_robust
-from ._spec import fixed_matrix, parse_formula
+from ._spec import build_spec, parse_formula
 
 __all__ = ["fit_grouped"]
 
@@ -98,25 +98,20 @@ def fit_grouped(
     blocks, positions = bucket_problems(
         values, design, feature=feature, unit=unit, local=local, value=value
     )
-    # The fixed effects are unit-level: evaluated once on the units (so stateful transforms such
-    # as center() or poly() are the same for every bucket), then repeated per position.
+    # The fixed effects are unit-level: learned once on the units, so stateful transforms such
+    # as center() or poly() are the same for every bucket.
     units = design.set_axis(design.index.astype(str)).assign(**{unit: lambda d: d.index})
-    X_units, names = fixed_matrix(units, parse_formula(formula)[0])
-
-    def fixed(data: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...]]:
-        return np.repeat(X_units, len(data) // len(units), axis=0), names
+    fixed = build_spec(units, f"~ {parse_formula(formula).fixed}").specification.fixed
 
     if robust:
         options = {"reml": reml, "n_jobs": n_jobs, "progress": progress}
         results = [
-            fit_robust(Y, data, formula, feature_names=members, fixed=fixed(data), **options)[0]
+            fit_robust(Y, data, formula, feature_names=members, fixed=fixed, **options)[0]
             for members, Y, data in blocks
         ]
     else:
         plans = [
-            plan_fit(
-                Y, data, formula, reml=reml, n_jobs=n_jobs, feature_names=members, fixed=fixed(data)
-            )
+            plan_fit(Y, data, formula, reml=reml, n_jobs=n_jobs, feature_names=members, fixed=fixed)
             for members, Y, data in blocks
         ]
         results = run_plans(plans, n_jobs=n_jobs, progress=progress)
@@ -197,7 +192,8 @@ def bucket_problems(
             Y[u_code[rows] * size + position[rows], column[f_code[rows]]] = y[rows]
             data = design.iloc[np.repeat(np.arange(units.size), size)].reset_index(drop=True)
             data[unit] = np.repeat(units, size)
-            data[local] = pd.Categorical(np.tile(np.arange(size).astype(str), units.size))
+            positions = np.arange(size).astype(str)
+            data[local] = pd.Categorical(np.tile(positions, units.size), categories=positions)
             yield members, Y, data
 
     return problems(), positions

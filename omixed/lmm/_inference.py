@@ -106,7 +106,6 @@ from ._dense import (
 from ._fit import _check_response, _Design, _design, prepare
 from ._grouped import bucket_problems
 from ._objective import Layout, reduce, solve_leading
-from ._spec import build_spec
 
 if TYPE_CHECKING:
     from ._result import LMMResult
@@ -567,19 +566,6 @@ def _moments_table(
     return table
 
 
-def _theta_frame(theta, term_names: tuple[str, ...], n_features: int) -> pd.DataFrame:
-    if isinstance(theta, pd.DataFrame):
-        missing = [t for t in term_names if t not in theta.columns]
-        if missing:
-            raise KeyError(f"theta has no column(s) {missing}; columns: {list(theta.columns)}")
-        theta = theta[list(term_names)].astype(np.float64)
-    else:
-        theta = pd.DataFrame(np.asarray(theta, dtype=np.float64), columns=list(term_names))
-    if len(theta) != n_features:
-        raise ValueError(f"theta has {len(theta)} rows for {n_features} features")
-    return theta
-
-
 def _chunk_size(design: _Design) -> int:
     d = design.layout.dim
     k = design.n_theta
@@ -595,27 +581,28 @@ def _chunk_size(design: _Design) -> int:
 
 
 def _moment_arrays(
+    result: LMMResult,
     Y: np.ndarray,
     data: pd.DataFrame,
-    formula: str,
-    theta,
     L,
     *,
     satterthwaite: bool,
     chunk_size: int | None,
-) -> tuple[dict[str, np.ndarray], pd.Index]:
+) -> dict[str, np.ndarray]:
+    """Per-feature moments of contrast ``L`` for the features of ``result`` (columns of Y)."""
+    if not result.reml:
+        raise ValueError("Satterthwaite df follow lmerTest's REML deviance; refit with reml=True")
+    spec = result.spec.evaluate(data)
     with warnings.catch_warnings():
-        # The fit already reported aliased columns, numeric grouping factors and ±inf values;
-        # it succeeded, so it dropped those columns and treated ±inf as missing.
+        # The fit already reported ±inf values; it treated them as missing.
         warnings.simplefilter("ignore", UserWarning)
-        spec = build_spec(data, formula, drop_aliased=True)
         Y = _check_response(Y, spec.n_rows, "missing")
+    if Y.shape[1] != result.n_features:
+        raise ValueError(f"Y has {Y.shape[1]} features, the fit {result.n_features}")
     weights, _ = contrast_vector(L, spec.fixed_names)
     design = _design(spec)
-    # Correlated terms add their factors' off-diagonals after the terms (LMMResult's columns).
-    theta = _theta_frame(theta, (*spec.term_names, *design.extra_names), Y.shape[1])
+    values = result.theta.to_numpy(dtype=np.float64)  # NaN for features that did not converge
     n_terms = len(spec.term_names)
-    values = theta.to_numpy()
     theta_elim = np.concatenate([values[:, design.order], values[:, n_terms:]], axis=1)
     size = chunk_size or _chunk_size(design)
     parts = [
@@ -628,14 +615,13 @@ def _moment_arrays(
         )
         for a in range(0, Y.shape[1], size)
     ]
-    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}, theta.index
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def contrast_moments(
+    result: LMMResult,
     Y: np.ndarray,
     data: pd.DataFrame,
-    formula: str,
-    theta,
     L,
     *,
     satterthwaite: bool = True,
@@ -646,17 +632,13 @@ def contrast_moments(
 
     Parameters
     ----------
+    result
+        The REML fit (:func:`~omixed.lmm.fit`); its specification is evaluated on ``data`` by
+        name and its θ used (features that did not converge give NaN).
     Y
         ``(n_rows, n_features)`` responses the model was fit to (NaN: missing).
     data
-        The rows' data frame the model was fit on.
-    formula
-        The fitted formula (REML).
-    theta
-        Relative SDs per feature and random term (``LMMResult.theta``; columns are term names
-        when a DataFrame, whose index then names the features), then for correlated terms
-        ``(x|g)`` the off-diagonal factor entries (``LMMResult.theta``'s ``"a~c"`` columns).
-        NaN rows give NaN.
+        The rows' data frame (the fit's rows, or a subset of them).
     L
         The contrast: anything :func:`contrast_vector` reads.
     satterthwaite
@@ -669,14 +651,14 @@ def contrast_moments(
 
     Returns
     -------
-    DataFrame with columns ``estimate`` (``l'β̂``), ``var`` (``l'Cov(β̂)l``),
-    ``df_satterthwaite`` (lmerTest), ``df_residual`` (``n − p``), ``df_effective`` (msqrob2's
-    ``RSS/σ̂²``, RSS of the conditional residuals), ``sigma2`` (``σ̂²``) and ``n_obs``.  With
-    ``moderate``: ``sigma2_post`` (``σ̃²``), ``var_post`` (``var·σ̃²/σ̂²``), ``df_residual_post``
-    (``n − p + d₀``) and ``df_satterthwaite_post`` (Satterthwaite with ``d₀`` prior observations
-    of σ: ``4d₀/σ̂²`` added to the σ entry of the deviance Hessian, which gives ``ν + d₀`` for a
-    model without random effects), both capped at the pooled ``Σ df_effective``; ``attrs`` holds
-    ``df_prior`` and ``var_prior``.
+    DataFrame (index: the fit's features) with columns ``estimate`` (``l'β̂``), ``var``
+    (``l'Cov(β̂)l``), ``df_satterthwaite`` (lmerTest), ``df_residual`` (``n − p``),
+    ``df_effective`` (msqrob2's ``RSS/σ̂²``, RSS of the conditional residuals), ``sigma2``
+    (``σ̂²``) and ``n_obs``.  With ``moderate``: ``sigma2_post`` (``σ̃²``), ``var_post``
+    (``var·σ̃²/σ̂²``), ``df_residual_post`` (``n − p + d₀``) and ``df_satterthwaite_post``
+    (Satterthwaite with ``d₀`` prior observations of σ: ``4d₀/σ̂²`` added to the σ entry of
+    the deviance Hessian, which gives ``ν + d₀`` for a model without random effects), both
+    capped at the pooled ``Σ df_effective``; ``attrs`` holds ``df_prior`` and ``var_prior``.
 
     Examples
     --------
@@ -686,21 +668,20 @@ def contrast_moments(
     >>> data = pd.DataFrame({"g": np.repeat(list("abcdef"), 4), "x": np.tile(["u", "v"], 12)})
     >>> Y = rng.normal(size=(24, 3)) + rng.normal(size=(6, 3)).repeat(4, axis=0)
     >>> res = lmm.fit(Y, data, "~ x + (1|g)")
-    >>> mom = contrast_moments(Y, data, "~ x + (1|g)", res.theta, "x[T.v]")
+    >>> mom = contrast_moments(res, Y, data, "x[T.v]")
     >>> bool(np.allclose(np.sqrt(mom["var"]), res.se["x[T.v]"]))
     True
     """
-    arrays, index = _moment_arrays(
-        Y, data, formula, theta, L, satterthwaite=satterthwaite, chunk_size=chunk_size
+    arrays = _moment_arrays(result, Y, data, L, satterthwaite=satterthwaite, chunk_size=chunk_size)
+    return _moments_table(
+        arrays, result.feature_names, satterthwaite=satterthwaite, moderate=moderate
     )
-    return _moments_table(arrays, index, satterthwaite=satterthwaite, moderate=moderate)
 
 
 def contrast_moments_grouped(
+    result: LMMResult,
     values: pd.DataFrame,
     design: pd.DataFrame,
-    formula: str,
-    theta: pd.DataFrame,
     L,
     *,
     feature: str = "feature",
@@ -710,10 +691,11 @@ def contrast_moments_grouped(
     satterthwaite: bool = True,
     moderate: bool = False,
 ) -> pd.DataFrame:
-    """:func:`contrast_moments` for a :func:`~omixed.lmm.fit_grouped` fit (same arguments).
+    """:func:`contrast_moments` for a :func:`~omixed.lmm.fit_grouped` fit.
 
-    ``theta`` is the fit's ``theta`` (index: features); features absent from ``values`` are NaN.
-    Moderation pools all features.
+    ``values`` and ``design`` are the long table and unit design it was fit to (as passed to
+    ``fit_grouped``); features of the fit absent from ``values`` are NaN.  Moderation pools all
+    features.
 
     Examples
     --------
@@ -726,40 +708,41 @@ def contrast_moments_grouped(
     >>> long = long[long["feature"].isin(["P0000", "P0001"])]
     >>> f = "~ condition + (1|batch) + (1|sample) + (1|peptide)"
     >>> res, _ = lmm.fit_grouped(long, pep.obs, f)
-    >>> mom = contrast_moments_grouped(long, pep.obs, f, res.theta, "condition[T.treated]")
+    >>> mom = contrast_moments_grouped(res, long, pep.obs, "condition[T.treated]")
     >>> mom.index.tolist()
     ['P0000', 'P0001']
     """
-    if not isinstance(theta, pd.DataFrame):
-        raise TypeError("theta must be the fit's theta DataFrame (index: features)")
-    parts, members = [], []
     missing = [c for c in (feature, unit, local, value) if c not in values.columns]
     if missing:
         raise ValueError(f"columns {missing} not in the long table ({list(values.columns)})")
     blocks, _ = bucket_problems(
-        values[values[feature].isin(theta.index)],
+        values[values[feature].isin(result.feature_names)],
         design,
         feature=feature,
         unit=unit,
         local=local,
         value=value,
     )
+    parts, members = [], []
     for names, Y, data in blocks:
-        arrays, _ = _moment_arrays(
-            Y, data, formula, theta.loc[names], L, satterthwaite=satterthwaite, chunk_size=None
+        parts.append(
+            _moment_arrays(
+                result.subset(names), Y, data, L, satterthwaite=satterthwaite, chunk_size=None
+            )
         )
-        parts.append(arrays)
         members.append(names)
     if not parts:
-        raise ValueError("none of theta's features occurs in the long table")
-    order = pd.Index(np.concatenate(members)).get_indexer(theta.index)
+        raise ValueError("none of the fit's features occurs in the long table")
+    order = pd.Index(np.concatenate(members)).get_indexer(result.feature_names)
     arrays = {}
     for key in parts[0]:
         stacked = np.concatenate([part[key] for part in parts])
         out = np.full((len(order), *stacked.shape[1:]), np.nan)
         out[order >= 0] = stacked[order[order >= 0]]
         arrays[key] = out
-    return _moments_table(arrays, theta.index, satterthwaite=satterthwaite, moderate=moderate)
+    return _moments_table(
+        arrays, result.feature_names, satterthwaite=satterthwaite, moderate=moderate
+    )
 
 
 def t_table(estimate, var, df) -> pd.DataFrame:
@@ -770,14 +753,6 @@ def t_table(estimate, var, df) -> pd.DataFrame:
         t = estimate / se
     pvalue = 2.0 * special.stdtr(df, -np.abs(t))  # t.sf, without importing scipy.stats
     return pd.DataFrame({"estimate": estimate, "se": se, "t": t, "df": df, "pvalue": pvalue})
-
-
-def _converged_theta(result: LMMResult) -> pd.DataFrame:
-    if not result.reml:
-        raise ValueError("Satterthwaite df follow lmerTest's REML deviance; refit with reml=True")
-    theta = result.theta.copy()
-    theta.loc[~result.converged.to_numpy()] = np.nan
-    return theta
 
 
 def satterthwaite(
@@ -814,9 +789,7 @@ def satterthwaite(
     >>> bool(np.allclose(tab["df"], 5.0))  # balanced one-way: groups − 1
     True
     """
-    mom = contrast_moments(
-        Y, data, result.spec.formula, _converged_theta(result), L, chunk_size=chunk_size
-    )
+    mom = contrast_moments(result, Y, data, L, chunk_size=chunk_size)
     return t_table(mom["estimate"], mom["var"], mom["df_satterthwaite"]).set_axis(mom.index)
 
 
@@ -851,15 +824,7 @@ def satterthwaite_grouped(
     See :func:`contrast_moments_grouped`; this adds the t-test columns.
     """
     mom = contrast_moments_grouped(
-        values,
-        design,
-        result.spec.formula,
-        _converged_theta(result),
-        L,
-        feature=feature,
-        unit=unit,
-        local=local,
-        value=value,
+        result, values, design, L, feature=feature, unit=unit, local=local, value=value
     )
     return t_table(mom["estimate"], mom["var"], mom["df_satterthwaite"]).set_axis(mom.index)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ._spec import ModelSpec
+from ._spec import Specification
 
 __all__ = ["LMMResult"]
 
@@ -19,14 +19,17 @@ class LMMResult:
     Attributes
     ----------
     spec
-        The model specification (fixed-effects matrix, random terms and their levels).
+        The model's :class:`~omixed.lmm.Specification`: formula, fixed-effect encoding and
+        names, random terms and their levels.  Everything downstream (correction, tests,
+        prediction) evaluates it on data by name.
     reml
         Whether the criterion is REML (else ML).
     criterion
         REML criterion (−2 × restricted log-likelihood) or ML deviance per feature, on lme4's
         scale (``REMLcrit()`` / ``deviance()``).
     theta
-        Relative standard deviations θ_g = σ_g / σ, features × random terms.
+        Relative standard deviations θ_g = σ_g / σ, features × random terms.  Every estimate
+        is NaN for a feature that did not converge (see ``reason``).
     variance
         Variance components, features × (random terms, ``"Residual"``).
     beta, se
@@ -47,7 +50,7 @@ class LMMResult:
         Newton iterations per feature.
     """
 
-    spec: ModelSpec
+    spec: Specification
     reml: bool
     criterion: pd.Series
     theta: pd.DataFrame
@@ -72,7 +75,7 @@ class LMMResult:
     @classmethod
     def from_arrays(
         cls,
-        spec: ModelSpec,
+        spec: Specification,
         order: np.ndarray,
         arrays: dict[str, np.ndarray],
         index: pd.Index,
@@ -86,19 +89,21 @@ class LMMResult:
         variance = np.column_stack(
             [arrays["variance"][:, back], arrays["covariance"], arrays["sigma2"]]
         )
-        extra, cov_names = [], []
-        for block in spec.blocks:  # as in _fit._dense_design
-            terms = [spec.terms[i].name for i in block]
-            extra += [f"{a}~{c}" for i, c in enumerate(terms) for a in terms[i + 1 :]]
-            cov_names += [f"cov({a},{b})" for i, a in enumerate(terms) for b in terms[i + 1 :]]
+        extra, cov_names = list(spec.extra_names), list(spec.covariance_names)
         sizes = [spec.terms[i].n_levels for i in order]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         blup = {}
         for pos, term_idx in enumerate(order):
             term = spec.terms[term_idx]
             block = arrays["blup"][:, offsets[pos] : offsets[pos + 1]]
-            blup[term.name] = pd.DataFrame(block, index=index, columns=list(term.levels))
+            blup[term.name] = pd.DataFrame(block, index=index, columns=list(term.labels))
         blup = {name: blup[name] for name in names}
+        # A feature that did not converge has no estimates that could pass for valid ones.
+        failed = ~np.asarray(arrays["converged"], dtype=bool)
+        for table in (theta, variance, arrays["beta"], arrays["se"]):
+            table[failed] = np.nan
+        for table in blup.values():
+            table.iloc[failed] = np.nan
         return cls(
             spec=spec,
             reml=reml,
@@ -113,6 +118,32 @@ class LMMResult:
             notes=pd.Series(arrays["notes"], index=index, name="notes", dtype=object),
             n_obs=pd.Series(arrays["n_obs"], index=index, name="n_obs"),
             n_iter=pd.Series(arrays["n_iter"], index=index, name="n_iter"),
+        )
+
+    _PER_FEATURE = (
+        "criterion",
+        "theta",
+        "variance",
+        "beta",
+        "se",
+        "converged",
+        "reason",
+        "notes",
+        "n_obs",
+        "n_iter",
+    )
+
+    def subset(self, features) -> LMMResult:
+        """The result for ``features`` (names, in that order)."""
+        index = pd.Index(features)
+        take = self.feature_names.get_indexer(index)
+        if (take < 0).any():
+            raise KeyError(f"features not in the result: {list(index[take < 0][:5])}")
+        return LMMResult(
+            spec=self.spec,
+            reml=self.reml,
+            blup={name: table.iloc[take] for name, table in self.blup.items()},
+            **{attr: getattr(self, attr).iloc[take] for attr in self._PER_FEATURE},
         )
 
     def summary(self) -> pd.DataFrame:
@@ -133,8 +164,9 @@ class LMMResult:
     def concat(cls, results: list[LMMResult], order: pd.Index | None = None) -> LMMResult:
         """Stack results of the same formula fit to different features (e.g. shape buckets).
 
-        BLUP tables are aligned on the union of levels (NaN where a level is absent).  ``spec``
-        is that of the last result; ``order`` reorders the features.
+        ``spec`` is that of the last result, whose levels must hold every other result's (as
+        the largest bucket of :func:`~omixed.lmm.fit_grouped` does); BLUP tables are aligned on
+        its levels (NaN where a level is absent).  ``order`` reorders the features.
         """
         if not results:
             raise ValueError("nothing to concatenate")
@@ -169,24 +201,16 @@ class LMMResult:
                 return pd.Series(values, index=index, name=first.name, dtype=first.dtype)
             return pd.DataFrame(values, index=index, columns=first.columns)
 
-        blup = {name: stack([r.blup[name] for r in results]) for name in first.blup}
+        spec = results[-1].spec
+        blup = {
+            term.name: stack([r.blup[term.name] for r in results]).reindex(
+                columns=list(term.labels)
+            )
+            for term in spec.terms
+        }
         return cls(
-            spec=results[-1].spec,
+            spec=spec,
             reml=first.reml,
             blup=blup,
-            **{
-                attr: stack([getattr(r, attr) for r in results])
-                for attr in (
-                    "criterion",
-                    "theta",
-                    "variance",
-                    "beta",
-                    "se",
-                    "converged",
-                    "reason",
-                    "notes",
-                    "n_obs",
-                    "n_iter",
-                )
-            },
+            **{attr: stack([getattr(r, attr) for r in results]) for attr in cls._PER_FEATURE},
         )

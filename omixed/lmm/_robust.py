@@ -9,19 +9,26 @@ import pandas as pd
 
 from ._fit import fit
 from ._result import LMMResult
+from ._spec import ModelSpec
 
 __all__ = ["fit_robust", "fitted_values"]
 
 _MAD = 1.4826  # MAD → SD for normal data, R's mad() constant
 
 
-def fitted_values(result: LMMResult) -> np.ndarray:
-    """Rows × features ``Xβ̂ + Σ_g Z_g b̂_g`` (conditional fitted values) of a result."""
-    spec = result.spec
-    fitted = spec.X @ np.nan_to_num(result.beta.to_numpy()).T
-    for term in spec.terms:
+def fitted_values(result: LMMResult, design: ModelSpec) -> np.ndarray:
+    """Rows × features ``Xβ̂ + Σ_g Z_g b̂_g`` (conditional fitted values) of ``design``'s rows.
+
+    ``design`` is the result's specification evaluated on the data
+    (``result.spec.evaluate(data)``); rows of a level the fit never saw get no random effect.
+    """
+    fitted = design.X @ np.nan_to_num(result.beta.to_numpy()).T
+    for term in design.terms:
         blup = np.nan_to_num(result.blup[term.name].to_numpy())
-        fitted += blup[:, term.codes].T * term.row_values()[:, None]
+        known = term.codes >= 0
+        effect = np.zeros((term.codes.size, blup.shape[0]))
+        effect[known] = blup[:, term.codes[known]].T
+        fitted += effect * term.row_values()[:, None]
     return fitted
 
 
@@ -51,10 +58,11 @@ def fit_robust(
     base = base[:, None] if base.ndim == 1 else base
     huber = np.where(np.isfinite(Y), 1.0, np.nan)
     res = fit(Y, data, formula, weights=weights, **options)
+    design = res.spec.evaluate(data)
     iteration = 0
     while iteration < max_iter:
         iteration += 1
-        resid = Y - fitted_values(res)
+        resid = Y - fitted_values(res, design)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-missing features
             scale = _MAD * np.nanmedian(np.abs(resid), axis=0)

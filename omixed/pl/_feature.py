@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 
-from .. import lmm
+from .. import _fitstore
 from .._docs import doc_params
-from ..tl._fit import fit_info
 from ._utils import (
     Layers,
     categories,
@@ -107,18 +106,18 @@ class Levels(NamedTuple):
 
 def fitted_levels(adata: AnnData, key: str, feature: str, groupby: str) -> Levels | None:
     """The fit's levels for ``feature``; ``None`` if ``groupby`` is not a random term of it."""
-    info = fit_info(adata, key)
-    term = next((t for t, d in info["terms"].items() if list(d["group"]) == [groupby]), None)
+    model = _fitstore.read(adata, key)
+    term = next((t.name for t in model.spec.terms if t.group == (groupby,)), None)
     if term is None:
         return None
-    spec = lmm.build_spec(adata.obs, info["formula"])
-    beta = adata.varm[f"{key}_beta"].loc[feature, list(spec.fixed_names)].to_numpy(dtype=float)
-    if bool(adata.var.loc[feature, f"{key}_converged"]):
-        fixed = spec.X @ np.nan_to_num(beta)  # a coefficient the fit dropped contributes nothing
+    design = model.spec.evaluate(adata.obs)
+    beta = model.beta.loc[feature].to_numpy(dtype=float)
+    if bool(model.converged.loc[feature]):
+        fixed = design.X @ np.nan_to_num(beta)  # a coefficient the fit dropped contributes nothing
     else:
         fixed = np.full(adata.n_obs, np.nan)
-    blup = adata.varm[f"{key}_blup_{term}"].loc[feature].astype(float)
-    return Levels(fixed, blup, info["layer"] or None)
+    blup = model.blup[term].loc[feature].astype(float)
+    return Levels(fixed, blup, _fitstore.info(adata, key).get("layer") or None)
 
 
 def draw_groups(ax: Axes, values: np.ndarray, groups: pd.Categorical, colors: list) -> None:

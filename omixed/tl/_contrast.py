@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .. import _fitstore
 from .._utils import get_matrix
 from ..lmm._inference import (
     contrast_moments,
@@ -16,7 +17,6 @@ from ..lmm._inference import (
     contrast_vector,
     t_table,
 )
-from ._fit import fit_info
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -108,14 +108,14 @@ def test(
     >>> "lmm_test_condition_T_treated" in adata.varm
     True
     """
-    info = fit_info(adata, key)
-    if not info["reml"]:
+    model = _fitstore.read(adata, key)
+    info = _fitstore.info(adata, key)
+    if not model.reml:
         raise ValueError(f"the fit under {key!r} is ML; Satterthwaite df need a REML fit")
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    weights, label = contrast_vector(contrast, info["fixed_effects"])
-    theta = adata.varm[f"{key}_theta"].copy()
-    theta.loc[~adata.var[f"{key}_converged"].to_numpy(dtype=bool)] = np.nan
+    names = list(model.spec.fixed_names)
+    weights, label = contrast_vector(contrast, names)
     satterthwaite = method == "satterthwaite"
     options = {"satterthwaite": satterthwaite, "moderate": moderate}
 
@@ -128,18 +128,18 @@ def test(
         long = _peptide_table(peptides, info["protein_key"], layer or info["source_layer"] or None)
         obs = peptides.obs.copy()
         obs.index = obs.index.astype(str)
-        moments = contrast_moments_grouped(long, obs, info["formula"], theta, weights, **options)
+        moments = contrast_moments_grouped(model, long, obs, weights, **options)
     else:
         if peptides is not None:
             raise ValueError(f"uns[{key!r}] is not a protein-level fit; peptides= is not used")
         Y = get_matrix(adata, layer if layer is not None else (info["layer"] or None))
-        moments = contrast_moments(Y, adata.obs, info["formula"], theta, weights, **options)
+        moments = contrast_moments(model, Y, adata.obs, weights, **options)
 
     df = moments["df_satterthwaite" if satterthwaite else "df_residual"]
     var = moments["var"]
     params = {
         "contrast": label,
-        "weights": dict(zip(info["fixed_effects"], map(float, weights), strict=True)),
+        "weights": dict(zip(names, map(float, weights), strict=True)),
         "fit_key": key,
         "method": method,
         "moderate": bool(moderate),
@@ -150,10 +150,12 @@ def test(
 
     table = t_table(moments["estimate"], var, df).set_axis(adata.var_names)
     table["padj"] = _bh(table["pvalue"].to_numpy())
-    key_added = key_added or f"{key}_test_{_slug(weights, info['fixed_effects'])}"
+    key_added = _fitstore.check_key(key_added or f"{key}_test_{_slug(weights, names)}")
     adata.varm[key_added] = table
     params["n_tested"] = int(table["pvalue"].notna().sum())
+    params["fit_id"] = info["fit_id"]
     adata.uns[key_added] = params
+    _fitstore.register(adata, key, varm=[key_added], uns=[key_added])
     return table.sort_values(["pvalue", "t"], na_position="last", key=_rank_key)
 
 

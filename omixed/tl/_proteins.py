@@ -2,33 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .. import lmm
+from .. import _fitstore, lmm
 from .._utils import get_matrix
-from ._fit import design_codes, store
+from ._fit import warn_failures
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-_DEFAULT = "~ condition + (1|batch) + (1|sample) + (1|peptide)"
+_RESERVED = ("sample", "peptide")
+
+
+def default_formula(obs: pd.DataFrame) -> str:
+    """msqrob2's model with the columns ``obs`` has: ``condition`` and ``batch`` where present."""
+    fixed = "condition" if "condition" in obs.columns else "1"
+    batch = " + (1|batch)" if "batch" in obs.columns else ""
+    return f"~ {fixed}{batch} + (1|sample) + (1|peptide)"
 
 
 def summarize_proteins(
     adata: AnnData,
     *,
     protein_key: str = "protein",
-    formula: str = _DEFAULT,
+    formula: str | None = None,
     layer: str | None = None,
     reml: bool = True,
     key_added: str = "lmm",
     n_jobs: int = 1,
     min_peptides: int = 1,
-    remove: tuple[str, ...] = ("batch",),
+    remove: Sequence[str] | None = None,
     progress: bool | None = None,
     robust: bool = False,
 ) -> AnnData:
@@ -47,6 +55,8 @@ def summarize_proteins(
         Column of ``adata.var`` with the protein of each peptide.
     formula
         Model per protein; ``(1|sample)`` and ``(1|peptide)`` refer to observations and variables.
+        Default: ``~ condition + (1|batch) + (1|sample) + (1|peptide)`` with the ``condition``
+        and ``batch`` parts only where ``adata.obs`` has those columns.
     layer
         Use ``adata.layers[layer]`` instead of ``adata.X``.
     reml
@@ -58,7 +68,8 @@ def summarize_proteins(
     min_peptides
         Proteins with fewer observed peptides are left out (counted in ``uns``).
     remove
-        Random terms subtracted for ``layers["corrected"]``.
+        Random terms subtracted for ``layers["corrected"]``; default: every random term of the
+        formula other than ``sample`` and ``peptide`` (e.g. ``batch``), none if there is none.
     progress
         Show progress bars.
     robust
@@ -88,14 +99,20 @@ def summarize_proteins(
         )
     if not adata.var_names.is_unique or not adata.obs_names.is_unique:
         raise ValueError("sample and peptide names must be unique")
-    fixed_formula, random = lmm.parse_formula(formula)
-    groups = [g for _, _, g in random]
+    _fitstore.check_key(key_added)
+    formula = default_formula(adata.obs) if formula is None else formula
+    groups = [part.group_name for part in lmm.parse_formula(formula).random]
     if "peptide" not in groups:
         raise ValueError(f"the formula needs a (1|peptide) term, got {formula!r}")
-    unknown = [t for t in remove if t not in groups or t == "peptide"]
+    removable = [g for g in groups if g not in _RESERVED]
+    remove = (
+        removable if remove is None else ([remove] if isinstance(remove, str) else list(remove))
+    )
+    unknown = [t for t in remove if t not in removable]
     if unknown:
         raise ValueError(
-            f"cannot remove {unknown}: not a random term of {formula!r} besides peptide"
+            f"cannot remove {unknown}: the random terms of {formula!r} besides sample and "
+            f"peptide are {removable}"
         )
 
     Y = get_matrix(adata, layer)
@@ -131,37 +148,36 @@ def summarize_proteins(
     proteins = res.feature_names
 
     # Protein abundance per sample: fixed effects of the sample's design plus its random effects.
-    X_fixed = lmm.build_spec(obs, f"~ {fixed_formula}").X
+    local = res.spec.term("peptide").levels[0][0]  # any peptide position: only codes of the
+    design = res.spec.evaluate(obs.assign(sample=obs.index, peptide=local))  # others are used
     beta = res.beta.to_numpy()
-    needed = (X_fixed[:, None, :] != 0) & np.isnan(beta)[None, :, :]
-    abundance = np.einsum("sp,fp->sf", X_fixed, np.nan_to_num(beta))
+    needed = (design.X[:, None, :] != 0) & np.isnan(beta)[None, :, :]
+    abundance = np.einsum("sp,fp->sf", design.X, np.nan_to_num(beta))
     abundance[needed.any(axis=2)] = np.nan
     contributions = {}
-    for term in (t for t in res.spec.terms if t.name != "peptide"):
-        blup = res.blup[term.name]
-        labels = (
-            obs.index.to_numpy() if term.name == "sample" else design_codes(obs, list(term.group))
-        )
-        contributions[term.name] = blup.reindex(columns=labels).to_numpy().T
-        abundance = abundance + np.where(
-            np.isnan(contributions[term.name]) & (term.name != "sample"),
-            0.0,
-            contributions[term.name],
-        )
+    for term in (t for t in design.terms if t.name != "peptide"):
+        blup = res.blup[term.name].to_numpy()
+        effect = np.full((term.codes.size, blup.shape[0]), np.nan)
+        effect[term.codes >= 0] = blup[:, term.codes[term.codes >= 0]].T
+        contributions[term.name] = effect
+        # A protein never seen in a sample has no sample effect there: its abundance is NaN.
+        abundance = abundance + (effect if term.name == "sample" else np.nan_to_num(effect))
     corrected = abundance - sum(np.nan_to_num(contributions[t]) for t in remove)
 
     out = ad.AnnData(abundance, obs=adata.obs.copy(), var=pd.DataFrame(index=proteins.astype(str)))
     out.layers["corrected"] = corrected
     out.var["n_peptides"] = n_peptides.loc[proteins].to_numpy()
-    store(out, res, key_added=key_added, layer=None)
-    out.uns[key_added].update(
-        {
-            "protein_key": protein_key,
-            "min_peptides": int(min_peptides),
-            "n_proteins_below_min_peptides": int((n_peptides < min_peptides).sum()),
-            "removed": list(remove),
-            "source_layer": "" if layer is None else layer,
-        }
-    )
+    params = {
+        "layer": "",
+        "weights_layer": "",
+        "robust": bool(robust),
+        "protein_key": protein_key,
+        "min_peptides": int(min_peptides),
+        "n_proteins_below_min_peptides": int((n_peptides < min_peptides).sum()),
+        "removed": list(remove),
+        "source_layer": "" if layer is None else layer,
+    }
+    _fitstore.write(out, res, key=key_added, params=params)
+    warn_failures(res, key_added)
     out.uns[f"{key_added}_peptides"] = positions.reset_index().astype({"position": int})
     return out

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .. import lmm
+from .. import _fitstore
 from .._utils import get_matrix, set_matrix
-from ._correct import per_sample
-from ._fit import design_codes, fit_info
+from ..lmm._correction import per_sample
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -60,9 +59,11 @@ def transform(
 
     Returns
     -------
-    ``None``, or the modified copy when ``copy=True``.  Writes ``layers[layer_added]``,
-    ``varm[f"{key}_blup_{term}"]`` for each term (known and new levels) and
-    ``uns[f"{key}_transform"]`` (new levels per term).
+    ``None``, or the modified copy when ``copy=True``.  Stores the reference's fit under ``key``
+    (as :func:`omixed.tl.fit` would, for the features of ``adata``: the model the correction
+    used), and writes ``layers[layer_added]``, ``varm[f"{key}_new_blup_{term}"]`` for each term
+    with new levels (features × new levels) and ``uns[f"{key}_transform"]`` (new levels per
+    term).
 
     Examples
     --------
@@ -76,80 +77,76 @@ def transform(
     ['B3']
     """
     adata = adata.copy() if copy else adata
-    info = fit_info(reference, key)
+    model = _fitstore.read(reference, key)
+    record = _fitstore.info(reference, key)
     remove = [remove] if isinstance(remove, str) else list(remove)
-    unknown = [t for t in remove if t not in info["terms"]]
+    unknown = [t for t in remove if t not in model.spec.term_names]
     if unknown:
         raise ValueError(
-            f"cannot remove {unknown}: random terms of the fit are {list(info['terms'])}"
+            f"cannot remove {unknown}: random terms of the fit are {list(model.spec.term_names)}"
         )
-    if any(t.get("covariate", "1") != "1" for t in info["terms"].values()):
+    twice = sorted({t for t in remove if remove.count(t) > 1})
+    if twice:
+        raise ValueError(f"remove lists {twice} more than once; each term is removed once")
+    if any(not t.is_intercept for t in model.spec.terms):
         raise ValueError("transform supports random intercepts only (the fit has random slopes)")
     missing = adata.var_names.difference(reference.var_names)
     if len(missing):
         raise ValueError(
             f"{len(missing)} feature(s) are not in the reference fit, e.g. {list(missing[:5])}"
         )
+    if layer_added == layer:
+        raise ValueError(f"layer_added={layer_added!r} is the layer being corrected")
+    model = model.subset(adata.var_names)
+    design = model.spec.evaluate(adata.obs, new_levels=True)  # fixed levels must be known
     Y = get_matrix(adata, layer)
-    ref = reference[:, adata.var_names]
-    X = _fixed_matrix(adata.obs, reference.obs, info)
-    beta = np.nan_to_num(ref.varm[f"{key}_beta"].to_numpy())
-    variance = ref.varm[f"{key}_variance"]
-    resid = Y - X @ beta.T
+    beta = np.nan_to_num(model.beta.to_numpy())
+    resid = Y - design.X @ beta.T
 
     effects, new_levels, Zs, new_vars = {}, {}, [], []
-    for term, meta in info["terms"].items():
-        labels = design_codes(adata.obs, list(meta["group"]))
-        saved = ref.varm[f"{key}_blup_{term}"]
-        codes = saved.columns.get_indexer(labels)  # -1: a level the reference never saw
-        new = sorted({str(v) for v in labels[codes < 0]})
-        new_levels[term] = new
-        contrib = per_sample(saved.to_numpy(), codes)
-        effects[term] = (saved, contrib)
-        resid -= contrib
+    for term in design.terms:
+        known = per_sample(model.blup[term.name].to_numpy(), term.codes)
+        effects[term.name] = known
+        resid -= known
+        labels = _row_labels(adata.obs, term.group)
+        new = sorted(set(labels[term.codes < 0].tolist()))
+        new_levels[term.name] = new
         if new:
             Z = (labels[:, None] == np.array(new)[None, :]).astype(np.float64)
-            Zs.append((term, new, Z))
-            new_vars.append(np.nan_to_num(variance[term].to_numpy()))
+            Zs.append((term.name, new, Z))
+            new_vars.append(np.nan_to_num(model.variance[term.name].to_numpy()))
 
     # Features the reference could not fit get no new BLUPs (their values stay uncorrected).
-    fitted = ref.var[f"{key}_converged"].to_numpy(dtype=bool)
-    resid[:, ~fitted] = np.nan
-    solved = _new_level_blups(resid, Zs, new_vars, variance["Residual"].to_numpy())
+    resid[:, ~model.converged.to_numpy(dtype=bool)] = np.nan
+    solved = _new_level_blups(resid, Zs, new_vars, model.variance["Residual"].to_numpy())
+    params = {k: record[k] for k in ("layer", "weights_layer", "robust") if k in record}
+    _fitstore.write(adata, model, key=key, params=params)
     values = Y.copy()
-    for term, (saved, contrib) in effects.items():
-        table = saved
+    added = []
+    for term, contrib in effects.items():
         if term in solved:
             blups, Z = solved[term]
             contrib = contrib + Z @ np.nan_to_num(blups).T
-            fresh = pd.DataFrame(blups, index=saved.index, columns=new_levels[term])
-            table = pd.concat([saved, fresh], axis=1)
-        adata.varm[f"{key}_blup_{term}"] = table
+            name = f"{key}_new_blup_{term}"
+            adata.varm[name] = pd.DataFrame(blups, index=adata.var_names, columns=new_levels[term])
+            added.append(name)
         if term in remove:
             values -= contrib
     set_matrix(adata, values, layer_added)
     adata.uns[f"{key}_transform"] = {
-        "formula": info["formula"],
+        "formula": model.spec.formula,
         "removed": remove,
         "new_levels": new_levels,
         "layer": "" if layer is None else layer,
         "layer_added": layer_added,
     }
+    _fitstore.register(adata, key, layers=[layer_added], varm=added, uns=[f"{key}_transform"])
     return adata if copy else None
 
 
-def _fixed_matrix(obs: pd.DataFrame, ref_obs: pd.DataFrame, info: dict) -> np.ndarray:
-    """The new samples' fixed-effects rows, coded exactly as the reference's columns."""
-    fixed_formula, _ = lmm.parse_formula(info["formula"])
-    both = pd.concat([ref_obs, obs], axis=0, ignore_index=True)
-    spec = lmm.build_spec(both, f"~ {fixed_formula}", drop_aliased=True)
-    if list(spec.fixed_names) != list(info["fixed_effects"]):
-        extra = sorted(set(spec.fixed_names) - set(info["fixed_effects"]))
-        raise ValueError(
-            f"the new samples' design has fixed effects the reference fit lacks: {extra} "
-            "(a level of a fixed factor the reference never saw)"
-        )
-    return spec.X[len(ref_obs) :]
+def _row_labels(obs: pd.DataFrame, group: tuple[str, ...]) -> np.ndarray:
+    """Each row's level of a grouping factor as text (interactions joined by ':')."""
+    return obs[list(group)].astype(str).agg(":".join, axis=1).to_numpy().astype(str)
 
 
 def _new_level_blups(

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .. import _fitstore
 from .._docs import doc_params
 from .._utils import get_matrix
-from ._fit import fit_info, fitted_design, fixed_term
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -45,24 +45,25 @@ def variance_partition(
     >>> bool(np.allclose(vp.dropna().sum(axis=1), 1.0))
     True
     """
-    info = fit_info(adata, key)
-    spec = fitted_design(adata, key)
-    variance = adata.varm[f"{key}_variance"]
-    beta = np.nan_to_num(adata.varm[f"{key}_beta"].to_numpy())
+    model = _fitstore.read(adata, key)
+    info = _fitstore.info(adata, key)
+    design = model.spec.evaluate(adata.obs)
+    beta = np.nan_to_num(model.beta.to_numpy())
     observed = np.isfinite(get_matrix(adata, info["layer"] or None))
-    parts = {term: variance[term].to_numpy() for term in info["terms"]}
-    for term in info["fixed_terms"]:
+    parts = {term: model.variance[term].to_numpy() for term in model.spec.term_names}
+    for term, cols in model.spec.fixed_terms().items():
         if term == "Intercept":
             continue
-        cols = [i for i, c in enumerate(spec.fixed_names) if fixed_term(c) == term]
-        fitted = np.where(observed, spec.X[:, cols] @ beta[:, cols].T, np.nan)
+        fitted = np.where(observed, design.X[:, cols] @ beta[:, cols].T, np.nan)
         with np.errstate(invalid="ignore"):
             parts[term] = _nanvar(fitted)
-    parts["Residual"] = variance["Residual"].to_numpy()
+    parts["Residual"] = model.variance["Residual"].to_numpy()
     table = pd.DataFrame(parts, index=adata.var_names)
     table = table.div(table.sum(axis=1), axis=0)
-    table[~adata.var[f"{key}_converged"].to_numpy(dtype=bool)] = np.nan
-    adata.varm[key_added or f"{key}_varpart"] = table
+    table[~model.converged.to_numpy(dtype=bool)] = np.nan
+    key_added = _fitstore.check_key(key_added or f"{key}_varpart")
+    adata.varm[key_added] = table
+    _fitstore.register(adata, key, varm=[key_added])
     return table
 
 

@@ -15,7 +15,6 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 # Imported after the schema check, which then fails without waiting for the package to load.
 import omixed
-from omixed.tl._fit import fixed_term
 
 if config["proteins"]["enabled"]:
     raise WorkflowError(
@@ -60,20 +59,16 @@ def _sample_table():
 
 
 def _check_model(samples):
-    """Build the model's design on the sample sheet: missing columns or bad terms fail here."""
+    """The model on the sample sheet and the removal, checked by the library itself."""
     model = config["model"]
     try:
-        spec = omixed.lmm.build_spec(samples, model["formula"])
+        spec = omixed.lmm.build_spec(samples, model["formula"]).specification
     except (ValueError, KeyError) as err:
         raise WorkflowError(f"config: model.formula {model['formula']!r} does not fit the sample sheet: {err}")
-    fixed = {fixed_term(name) for name in spec.fixed_names} - {"Intercept"}
-    removable = [*spec.term_names, *sorted(fixed)]
-    unknown = [term for term in model["remove"] if term not in removable]
-    if unknown:
-        raise WorkflowError(
-            f"config: model.remove {unknown} are not terms of {model['formula']!r} "
-            f"(terms: {', '.join(removable)})"
-        )
+    try:
+        omixed.lmm.check_removal(spec, model["remove"], method=model["method"])
+    except ValueError as err:
+        raise WorkflowError(f"config: model.remove / model.method: {err}")
 
 
 def _require_file(path, option):

@@ -23,7 +23,7 @@ rule fit:
     input:
         "results/chunks/{chunk}.h5ad",
     output:
-        "results/fit/{chunk}.pkl",
+        temp("results/fit/{chunk}.h5ad"),
     log:
         "logs/fit/{chunk}.log",
     params:
@@ -43,7 +43,7 @@ rule fit:
 rule merge:
     input:
         data="results/data/normalized.h5ad",
-        chunks=expand("results/fit/{chunk}.pkl", chunk=chunk_ids()),
+        chunks=expand("results/fit/{chunk}.h5ad", chunk=chunk_ids()),
     output:
         "results/fit/fitted.h5ad",
     log:
