@@ -389,11 +389,13 @@ def plan_fit(
             else _check_response(np.asarray(Y[:, a:b]), spec.n_rows, nonfinite)
         )
 
+    def task(a: int, b: int):
+        Yb = block(a, b)
+        wb = None if weights is None else weights[:, a:b]
+        return delayed(_fit_chunk)(Yb, design, reml, wb, singleton_terms(Yb, spec, design.order))
+
     # A generator, so an out-of-core Y is read one chunk at a time as the workers ask.
-    tasks = (
-        delayed(_fit_chunk)(block(a, b), design, reml, None if weights is None else weights[:, a:b])
-        for a, b in chunks
-    )
+    tasks = (task(a, b) for a, b in chunks)
     return _Plan(spec, design, feature_names, reml, tasks, len(chunks))
 
 
@@ -488,8 +490,55 @@ def prepare(Yt: np.ndarray, design: _Design, weights: np.ndarray | None = None) 
     return Prepared(W, n_obs, spread, center, scale, Ys, A, dropped, aliased[:, p], p_eff)
 
 
+def singleton_terms(Y: np.ndarray, spec: ModelSpec, order: np.ndarray) -> np.ndarray:
+    """Per feature, the random intercepts with one observation at each observed level.
+
+    Such a term's variance cannot be told from the residual's: the likelihood depends on
+    their sum only, so the split is arbitrary (lme4 refuses the model).  Features × terms in
+    elimination ``order``; a term seen at fewer than two levels is left to the fit's own rule.
+    """
+    observed = np.isfinite(np.asarray(Y, dtype=np.float64)).astype(np.float64)
+    out = np.zeros((observed.shape[1], len(order)), dtype=bool)
+    for j, t in enumerate(order):
+        term = spec.terms[t]
+        if not term.is_intercept:
+            continue
+        per_level = term.indicator().T @ observed  # levels × features: observations per level
+        out[:, j] = ((per_level > 0).sum(axis=0) >= 2) & (per_level.max(axis=0, initial=0) <= 1)
+    return out
+
+
+_FLAT = 1e-10  # relative criterion change below which a variance is not identified
+
+
+def _prefer_boundary(objective, opt) -> None:
+    """Set each θ_j to 0 where that leaves the criterion unchanged (within ``_FLAT``).
+
+    Where a feature's data do not identify a variance (the criterion is flat along θ_j, e.g.
+    a term whose levels carry the same information as the residual), the optimizer stops
+    wherever it started; the boundary is the one answer that does not depend on the start or
+    on the order of the rows.
+    """
+    every = np.arange(opt.theta.shape[0])
+    for j in range(opt.theta.shape[1]):
+        inside = np.flatnonzero(opt.theta[:, j] > 0)
+        if not inside.size:
+            continue
+        trial = opt.theta.copy()
+        trial[inside, j] = 0.0
+        f_j, _, _ = objective(trial, every, 0)
+        flat = np.zeros(every.size, dtype=bool)
+        flat[inside] = f_j[inside] <= opt.fmin[inside] + _FLAT * (1.0 + np.abs(opt.fmin[inside]))
+        opt.theta[flat, j] = 0.0
+        opt.fmin[flat] = np.minimum(f_j[flat], opt.fmin[flat])
+
+
 def _fit_chunk(
-    Y: np.ndarray, design: _Design, reml: bool, weights: np.ndarray | None = None
+    Y: np.ndarray,
+    design: _Design,
+    reml: bool,
+    weights: np.ndarray | None = None,
+    singletons: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     layout = design.layout
     m = Y.shape[1]
@@ -519,6 +568,13 @@ def _fit_chunk(
         notes.setdefault(f, []).append(
             f"{design.term_names[j]} has < 2 observed levels: variance fixed at 0"
         )
+    if singletons is not None:
+        for f, j in zip(*np.nonzero(singletons & ~fixed), strict=True):
+            notes.setdefault(f, []).append(
+                f"{design.term_names[j]} has one observation per observed level, so its "
+                "variance cannot be told from the residual's: fixed at 0"
+            )
+        fixed = fixed | singletons
 
     reason[n_obs - p_eff < 1] = "fewer observations than fixed effects + 1"
     reason[fits_exactly & (n_obs - p_eff >= 1)] = "values are fit exactly by the fixed effects"
@@ -591,6 +647,8 @@ def _fit_chunk(
             boundary = f0 < opt.fmin
             opt.theta[boundary], opt.fmin[boundary] = 0.0, f0[boundary]
             opt.converged[boundary], opt.message[boundary] = True, ""
+            if not design.correlated:
+                _prefer_boundary(objective, opt)
             theta[sub_rows], crit[sub_rows] = opt.theta, opt.fmin
             converged[sub_rows], n_iter[sub_rows] = opt.converged, opt.n_iter
             reason[sub_rows] = np.where(opt.message == "", reason[sub_rows], opt.message)
