@@ -201,7 +201,10 @@ def test_plot_writes_pngs(tmp_path: Path, reference: ad.AnnData) -> None:
     [
         (["fit", "{d}/missing.h5ad", "--formula", FORMULA], "no such file: {d}/missing.h5ad"),
         (["fit", "{data}", "--formula", "~ condition + (1|plate)"], "grouping factor 'plate'"),
-        (["fit", "{data}", "--formula", "~ treatment + (1|batch)"], "['treatment'] of the fixed effects not found"),
+        (
+            ["fit", "{data}", "--formula", "~ treatment + (1|batch)"],
+            "['treatment'] of the fixed effects not found",
+        ),
         (["normalize", "{data}", "--steps", "median_centre"], "unknown normalization step"),
         (["correct", "{data}"], "no fit stored under uns['lmm']"),
         (["import", "table", "{data}", "--options", '{{"colour": 1}}'], "colour"),
