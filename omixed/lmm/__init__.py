@@ -9,6 +9,7 @@ together, and :func:`fit` ties them together over feature chunks.  :mod:`._infer
 Satterthwaite tests and limma's variance moderation on top of a fit.
 """
 
+from ._contrasts import contrast_vector, estimable
 from ._correction import (
     CORRECTION_METHODS,
     Removal,
@@ -19,17 +20,15 @@ from ._correction import (
 from ._fit import fit
 from ._formula import Formula, parse_formula
 from ._grouped import fit_grouped
+from ._hurdle import detection_test, fisher_combined
 from ._inference import (
-    SqueezedVar,
     contrast_moments,
     contrast_moments_grouped,
-    contrast_vector,
     satterthwaite,
     satterthwaite_grouped,
-    squeeze_var,
     t_table,
-    trigamma_inverse,
 )
+from ._moderation import SqueezedVar, squeeze_var, trigamma_inverse
 from ._result import LMMResult
 from ._robust import fit_robust, fitted_values
 from ._spec import FixedSpec, ModelSpec, RandomTerm, Specification, TermSpec, build_spec
@@ -50,6 +49,9 @@ __all__ = [
     "contrast_moments",
     "contrast_moments_grouped",
     "contrast_vector",
+    "detection_test",
+    "estimable",
+    "fisher_combined",
     "fit",
     "fit_grouped",
     "fit_robust",

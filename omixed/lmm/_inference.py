@@ -81,8 +81,6 @@ limma caps ``df.total``.
 
 from __future__ import annotations
 
-import ast
-import re
 import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -90,6 +88,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from ._contrasts import contrast_vector, estimable
 from ._dense import (
     DenseLayout,
     DenseReduced,
@@ -105,147 +104,23 @@ from ._dense import (
 )
 from ._fit import _check_response, _Design, _design, prepare
 from ._grouped import bucket_problems
+from ._moderation import squeeze_var
 from ._objective import Layout, reduce, solve_leading
 
 if TYPE_CHECKING:
     from ._result import LMMResult
 
 __all__ = [
-    "SqueezedVar",
     "contrast_moments",
     "contrast_moments_grouped",
-    "contrast_vector",
     "satterthwaite",
     "satterthwaite_grouped",
-    "squeeze_var",
     "t_table",
-    "trigamma_inverse",
 ]
 
 _EIGEN_TOL = 1e-8  # lmerTest's tolerance for a positive eigenvalue of the deviance Hessian
 _CHUNK_BYTES = 64 * 2**20
 _COLUMNS = ("estimate", "var", "df_residual", "df_effective", "sigma2", "n_obs")
-
-
-class SqueezedVar(NamedTuple):
-    """limma's ``squeezeVar`` result: posterior variances, prior variance ``s₀²`` and df ``d₀``."""
-
-    var_post: np.ndarray
-    var_prior: float
-    df_prior: float
-
-
-# ----------------------------------------------------------------------------------------------
-# Contrasts
-
-
-def contrast_vector(contrast, names: tuple[str, ...] | list[str]) -> tuple[np.ndarray, str]:
-    """Weights over the fixed effects ``names`` and a readable label for a contrast.
-
-    ``contrast`` is a coefficient name (``"condition[T.treated]"``), a ``{name: weight}`` dict, a
-    numeric vector (one weight per coefficient) or a linear expression of coefficient names with
-    numeric factors (``"condition[T.b] - condition[T.c]"``, ``"0.5*a + 0.5*b"``).  R-style names
-    (``"conditiontreated"``, ``"(Intercept)"``) are accepted where they are unambiguous.
-
-    Examples
-    --------
-    >>> contrast_vector("b[T.y] - b[T.z]", ["Intercept", "b[T.y]", "b[T.z]"])
-    (array([ 0.,  1., -1.]), 'b[T.y] - b[T.z]')
-    """
-    names = [str(n) for n in names]
-    lookup = _name_lookup(names)
-    if isinstance(contrast, str):
-        weights = _parse_expression(contrast, lookup, names)
-    elif isinstance(contrast, dict):
-        weights = np.zeros(len(names))
-        for name, weight in contrast.items():
-            if name not in lookup:
-                raise KeyError(f"{name!r} is not a fixed effect; available: {names}")
-            weights[lookup[name]] += float(weight)
-    else:
-        weights = np.asarray(contrast, dtype=np.float64).ravel()
-        if weights.size != len(names):
-            raise ValueError(
-                f"contrast vector has {weights.size} weights for {len(names)} fixed effects {names}"
-            )
-    if not np.all(np.isfinite(weights)) or not np.any(weights):
-        raise ValueError(f"contrast {contrast!r} has no (finite) nonzero weight")
-    return weights, _label(weights, names)
-
-
-def _name_lookup(names: list[str]) -> dict[str, int]:
-    """Coefficient names and their unambiguous R-style aliases → column index."""
-    lookup = {name: i for i, name in enumerate(names)}
-    aliases: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        alias = "(Intercept)" if name == "Intercept" else re.sub(r"\[T\.(.*?)\]", r"\1", name)
-        aliases.setdefault(alias, []).append(i)
-    for alias, idx in aliases.items():
-        if len(idx) == 1 and alias not in lookup:
-            lookup[alias] = idx[0]
-    return lookup
-
-
-def _parse_expression(expr: str, lookup: dict[str, int], names: list[str]) -> np.ndarray:
-    """A linear expression of coefficient names → weights (constant terms are an error)."""
-    keys = sorted(lookup, key=len, reverse=True)
-    pattern = re.compile(r"(?<![\w.\[\]])(" + "|".join(map(re.escape, keys)) + r")(?![\w.\[\]])")
-    found: list[int] = []
-
-    def placeholder(match: re.Match) -> str:
-        found.append(lookup[match.group(1)])
-        return f"__c{len(found) - 1}__"
-
-    source = pattern.sub(placeholder, expr)
-    p = len(names)
-
-    def evaluate(node: ast.AST) -> np.ndarray:
-        # Each value is (weights over the p coefficients, constant) as one length p+1 vector.
-        if isinstance(node, ast.Expression):
-            return evaluate(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            return np.r_[np.zeros(p), float(node.value)]
-        if isinstance(node, ast.Name) and re.fullmatch(r"__c\d+__", node.id):
-            return np.eye(p + 1)[found[int(node.id[3:-2])]]
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-            sign = -1.0 if isinstance(node.op, ast.USub) else 1.0
-            return sign * evaluate(node.operand)
-        if isinstance(node, ast.BinOp):
-            left, right = evaluate(node.left), evaluate(node.right)
-            if isinstance(node.op, ast.Add):
-                return left + right
-            if isinstance(node.op, ast.Sub):
-                return left - right
-            if isinstance(node.op, ast.Mult) and not (left[:p].any() and right[:p].any()):
-                return left * right[p] if not right[:p].any() else right * left[p]
-            if isinstance(node.op, ast.Div) and not right[:p].any() and right[p] != 0:
-                return left / right[p]
-        raise ValueError(
-            f"cannot read contrast {expr!r}: use coefficient names, numbers, + - * /; "
-            f"coefficients: {names}"
-        )
-
-    try:
-        tree = ast.parse(source, mode="eval")
-    except SyntaxError as exc:
-        raise ValueError(
-            f"cannot read contrast {expr!r} (unknown name or syntax error); coefficients: {names}"
-        ) from exc
-    value = evaluate(tree)
-    if value[p] != 0:
-        raise ValueError(f"contrast {expr!r} has a constant term; a contrast is Σ w_j β_j")
-    return value[:p]
-
-
-def _label(weights: np.ndarray, names: list[str]) -> str:
-    parts = []
-    for w, name in zip(weights, names, strict=True):
-        if w == 0:
-            continue
-        term = name if abs(w) == 1 else f"{abs(w):g}*{name}"
-        parts.append((" - " if w < 0 else " + ") + term)
-    label = "".join(parts)
-    return label[3:] if label.startswith(" + ") else "-" + label[3:]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -441,7 +316,13 @@ def _half_pinv(H: np.ndarray) -> np.ndarray:
 
 
 def _moments_chunk(
-    Yt: np.ndarray, design: _Design, theta: np.ndarray, L: np.ndarray, *, satterthwaite: bool
+    Yt: np.ndarray,
+    design: _Design,
+    theta: np.ndarray,
+    L: np.ndarray,
+    *,
+    satterthwaite: bool,
+    X: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Contrast estimate and variance, residual variance and Satterthwaite pieces per feature.
 
@@ -470,12 +351,26 @@ def _moments_chunk(
         a, c = (design.term_names.index(n) for n in name.split("~"))
         free[:, layout.n_theta + i] = free[:, a] & free[:, c]
 
-    ok = np.all(np.isfinite(theta), axis=1) & (nu >= 1) & ~np.any(dropped & (L != 0), axis=1)
+    fitted = np.all(np.isfinite(theta), axis=1)
+    if X is None:  # callers that know the design is full rank on every feature's rows
+        can = ~np.any(dropped & (L != 0), axis=1)
+    else:
+        observed = np.isfinite(Yt).astype(np.float64)
+        can = estimable(L, np.einsum("fn,np,nq->fpq", observed, X, X))
+    ok = fitted & (nu >= 1) & can
+    reason = np.full(m, "", dtype=object)
+    reason[~(nu >= 1)] = "no residual degrees of freedom"
+    reason[~can] = "contrast not estimable from the observed samples"
+    reason[~fitted] = "feature not fit"
     rows = np.flatnonzero(ok)
+    # An estimable contrast has one value whichever aliased column the fit dropped: the fit's
+    # solution (dropped coefficients 0) is one solution of the full normal equations.
+    Lf = np.where(dropped, 0.0, L[None, :])[rows]
     out = {
         name: np.full(m, np.nan)
         for name in ("estimate", "var", "sigma2", "df_effective", "var_std", "sigma2_std")
     }
+    out["reason"] = reason
     out["df_residual"] = np.where(ok, nu, np.nan)
     out["n_obs"] = n_obs
     out["scale"] = scale
@@ -491,13 +386,13 @@ def _moments_chunk(
     nu, scale, center = nu[rows], scale[rows], center[rows]
     sigma2 = sys.r2 / nu
     e = sys.P.shape[1]
-    l_pad = np.zeros(e)
-    l_pad[qr : qr + p] = L
-    v = sys.P @ l_pad
-    lCl = v @ l_pad
-    estimate = sys.x[:, qr : qr + p] @ L * scale
+    l_pad = np.zeros((rows.size, e))
+    l_pad[:, qr : qr + p] = Lf
+    v = np.einsum("mij,mj->mi", sys.P, l_pad)
+    lCl = np.einsum("mi,mi->m", v, l_pad)
+    estimate = np.einsum("mi,mi->m", sys.x[:, qr : qr + p], Lf) * scale
     if design.intercept is not None:
-        estimate = estimate + L[design.intercept] * center
+        estimate = estimate + Lf[:, design.intercept] * center
     out["estimate"][rows] = estimate
     out["var_std"][rows] = sigma2 * lCl
     out["sigma2_std"][rows] = sigma2
@@ -519,20 +414,21 @@ def _moments_chunk(
     return out
 
 
-def _satterthwaite_df(arrays: dict[str, np.ndarray], df_prior: float = 0.0) -> np.ndarray:
+def _satterthwaite_df(arrays: dict[str, np.ndarray], df_prior=0.0) -> np.ndarray:
     """``2 V² / (g'Ag)`` with ``A = 2 (H + 4 d₀/σ̂² e_σe_σ')⁺``.
 
-    ``d₀ > 0`` adds the information of ``d₀`` prior observations of σ (moderation); ``d₀ = ∞``
-    treats σ as known (its row of A is zero).
+    ``d₀ > 0`` (a number, or one per feature) adds the information of ``d₀`` prior
+    observations of σ (moderation); ``d₀ = ∞`` treats σ as known (its row of A is zero).
     """
     H = arrays["hessian"].copy()
     grad = arrays["grad"].copy()
     k = H.shape[1] - 1
-    if np.isinf(df_prior):
-        H[:, k, :] = H[:, :, k] = 0.0
-        grad[:, k] = 0.0
-    else:
-        H[:, k, k] += 4.0 * df_prior / arrays["sigma2_std"]
+    prior = np.broadcast_to(np.asarray(df_prior, dtype=np.float64), H.shape[:1])
+    known = np.isinf(prior)
+    H[known, k, :] = H[known, :, k] = 0.0
+    grad[known, k] = 0.0
+    with np.errstate(invalid="ignore"):
+        H[~known, k, k] += 4.0 * prior[~known] / arrays["sigma2_std"][~known]
     ok = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(grad), axis=1)
     vcov = _half_pinv(np.where(ok[:, None, None], H, np.eye(k + 1)))
     denom = np.einsum("mi,mij,mj->m", grad, vcov, grad)
@@ -542,18 +438,26 @@ def _satterthwaite_df(arrays: dict[str, np.ndarray], df_prior: float = 0.0) -> n
 
 
 def _moments_table(
-    arrays: dict[str, np.ndarray], index: pd.Index, *, satterthwaite: bool, moderate: bool
+    arrays: dict[str, np.ndarray],
+    index: pd.Index,
+    *,
+    satterthwaite: bool,
+    moderate: bool,
+    robust: bool = False,
 ) -> pd.DataFrame:
     """The per-feature table of :func:`contrast_moments`, moderated if asked."""
     table = pd.DataFrame({c: arrays[c] for c in _COLUMNS}, index=index)
     table.insert(2, "df_satterthwaite", _satterthwaite_df(arrays) if satterthwaite else np.nan)
+    table["reason"] = arrays["reason"]
     if not moderate:
         return table
     sigma2, d = arrays["sigma2"], arrays["df_effective"]
     ok = np.isfinite(sigma2) & np.isfinite(d) & (d > 0)
-    if ok.sum() < 2:
-        raise ValueError("moderation needs at least two features with a residual variance")
-    sq = squeeze_var(np.where(ok, sigma2, np.nan), np.where(ok, d, 0.0))
+    if ok.sum() < 3:
+        raise ValueError(
+            f"moderation needs at least three features with a residual variance, got {ok.sum()}"
+        )
+    sq = squeeze_var(np.where(ok, sigma2, np.nan), np.where(ok, d, 0.0), robust=robust)
     pooled = d[ok].sum()  # limma caps the total df at the pooled residual df
     table["sigma2_post"] = sq.var_post
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -562,7 +466,11 @@ def _moments_table(
     table["df_satterthwaite_post"] = (
         np.minimum(_satterthwaite_df(arrays, sq.df_prior), pooled) if satterthwaite else np.nan
     )
-    table.attrs.update(df_prior=sq.df_prior, var_prior=sq.var_prior)
+    if np.ndim(sq.df_prior):
+        table["df_prior"] = sq.df_prior
+    table.attrs.update(
+        df_prior=float(np.max(sq.df_prior)), var_prior=sq.var_prior, n_prior=sq.n_prior
+    )
     return table
 
 
@@ -612,6 +520,7 @@ def _moment_arrays(
             theta_elim[a : a + size],
             weights,
             satterthwaite=satterthwaite,
+            X=spec.X,
         )
         for a in range(0, Y.shape[1], size)
     ]
@@ -626,6 +535,7 @@ def contrast_moments(
     *,
     satterthwaite: bool = True,
     moderate: bool = False,
+    robust: bool = False,
     chunk_size: int | None = None,
 ) -> pd.DataFrame:
     """Per feature: a contrast's REML estimate and variance, its df and the residual variance.
@@ -646,6 +556,9 @@ def contrast_moments(
     moderate
         Also squeeze the residual variances across the features (:func:`squeeze_var`, with
         msqrob2's ``df_effective``) and add the moderated columns.
+    robust
+        With ``moderate``: protect the prior against outlying variances (limma's
+        ``robust = TRUE``); the prior df is then one per feature (column ``df_prior``).
     chunk_size
         Features per batch (default: from the model size).
 
@@ -674,7 +587,7 @@ def contrast_moments(
     """
     arrays = _moment_arrays(result, Y, data, L, satterthwaite=satterthwaite, chunk_size=chunk_size)
     return _moments_table(
-        arrays, result.feature_names, satterthwaite=satterthwaite, moderate=moderate
+        arrays, result.feature_names, satterthwaite=satterthwaite, moderate=moderate, robust=robust
     )
 
 
@@ -690,6 +603,7 @@ def contrast_moments_grouped(
     value: str = "y",
     satterthwaite: bool = True,
     moderate: bool = False,
+    robust: bool = False,
 ) -> pd.DataFrame:
     """:func:`contrast_moments` for a :func:`~omixed.lmm.fit_grouped` fit.
 
@@ -737,11 +651,14 @@ def contrast_moments_grouped(
     arrays = {}
     for key in parts[0]:
         stacked = np.concatenate([part[key] for part in parts])
-        out = np.full((len(order), *stacked.shape[1:]), np.nan)
+        if stacked.dtype == object:
+            out = np.full(len(order), "no values of this feature", dtype=object)
+        else:
+            out = np.full((len(order), *stacked.shape[1:]), np.nan)
         out[order >= 0] = stacked[order[order >= 0]]
         arrays[key] = out
     return _moments_table(
-        arrays, result.feature_names, satterthwaite=satterthwaite, moderate=moderate
+        arrays, result.feature_names, satterthwaite=satterthwaite, moderate=moderate, robust=robust
     )
 
 
@@ -827,79 +744,3 @@ def satterthwaite_grouped(
         result, values, design, L, feature=feature, unit=unit, local=local, value=value
     )
     return t_table(mom["estimate"], mom["var"], mom["df_satterthwaite"]).set_axis(mom.index)
-
-
-# ----------------------------------------------------------------------------------------------
-# Empirical Bayes
-
-
-def trigamma_inverse(x: float) -> float:
-    """Solve ``ψ'(y) = x`` for ``y`` by limma's Newton iteration (``trigammaInverse``)."""
-    if not x > 0:
-        raise ValueError(f"trigamma_inverse needs x > 0, got {x}")
-    if x > 1e7:
-        return 1.0 / np.sqrt(x)
-    if x < 1e-6:
-        return 1.0 / x
-    # 1/ψ'(y) is convex, nearly linear and > y − 1/2, so Newton on it converges monotonically.
-    y = 0.5 + 1.0 / x
-    for _ in range(50):
-        tri = special.polygamma(1, y)
-        step = tri * (1.0 - tri / x) / special.polygamma(2, y)
-        y += step
-        if -step / y < 1e-8:
-            break
-    return float(y)
-
-
-def squeeze_var(var, df) -> SqueezedVar:
-    """limma's ``squeezeVar``: empirical Bayes posterior variances (Smyth 2004).
-
-    The variances are modelled as ``s²_i ~ s₀² F(d_i, d₀)``; ``d₀`` and ``s₀²`` are estimated by
-    moments of ``e_i = log s²_i − ψ(d_i/2) + log(d_i/2)``: ``ψ'(d₀/2) = var(e) − mean ψ'(d_i/2)``
-    and ``s₀² = exp(mean(e) + ψ(d₀/2) − log(d₀/2))`` (limma's ``fitFDist``; with unequal ``d_i``
-    this is ``squeezeVar(legacy = TRUE)``).  When ``var(e)`` is not above the sampling variance,
-    ``d₀ = ∞`` and ``s₀²`` is the mean variance.  Posterior: ``(d_i s²_i + d₀ s₀²)/(d_i + d₀)``.
-    Entries with non-finite variance or ``d_i ≤ 0`` are left out of the estimate (and are NaN,
-    or ``s₀²`` for ``d_i = 0``, in ``var_post``).
-
-    Parameters
-    ----------
-    var
-        Sample variances, one per feature.
-    df
-        Their degrees of freedom (scalar or one per feature).
-
-    Returns
-    -------
-    :class:`SqueezedVar` ``(var_post, var_prior, df_prior)``.
-
-    Examples
-    --------
-    >>> sq = squeeze_var([0.5, 1.0, 2.0, 0.9, 1.1], 4)
-    >>> round(sq.df_prior, 3), round(sq.var_prior, 4)
-    (inf, 1.1)
-    """
-    var = np.asarray(var, dtype=np.float64)
-    df = np.broadcast_to(np.asarray(df, dtype=np.float64), var.shape)
-    ok = np.isfinite(var) & np.isfinite(df) & (df > 1e-15) & (var > -1e-15)
-    if ok.sum() == 0:
-        raise ValueError("no finite variance with positive df to squeeze")
-    if ok.sum() == 1:
-        return SqueezedVar(var.copy(), float(var[ok][0]), 0.0)
-    x = np.maximum(var[ok], 0.0)
-    median = np.median(x)
-    x = np.maximum(x, 1e-5 * (median if median > 0 else 1.0))  # limma's offset of zeros
-    d = df[ok]
-    e = np.log(x) - special.digamma(d / 2.0) + np.log(d / 2.0)
-    excess = e.var(ddof=1) - special.polygamma(1, d / 2.0).mean()
-    if excess > 0:
-        df_prior = 2.0 * trigamma_inverse(excess)
-        var_prior = float(
-            np.exp(e.mean() + special.digamma(df_prior / 2.0) - np.log(df_prior / 2.0))
-        )
-        var_post = (df * var + df_prior * var_prior) / (df + df_prior)
-    else:
-        df_prior, var_prior = np.inf, float(x.mean())
-        var_post = np.where(np.isfinite(var), var_prior, np.nan)
-    return SqueezedVar(var_post, var_prior, float(df_prior))

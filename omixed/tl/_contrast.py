@@ -11,10 +11,12 @@ from scipy import stats
 
 from .. import _fitstore
 from .._utils import get_matrix
-from ..lmm._inference import (
+from ..lmm import (
     contrast_moments,
     contrast_moments_grouped,
     contrast_vector,
+    detection_test,
+    fisher_combined,
     t_table,
 )
 
@@ -31,6 +33,8 @@ def test(
     key: str = "lmm",
     method: str = "satterthwaite",
     moderate: bool = False,
+    robust: bool = False,
+    hurdle: bool = False,
     key_added: str | None = None,
     layer: str | None = None,
     peptides: AnnData | None = None,
@@ -53,15 +57,32 @@ def test(
     With ``moderate=True`` the residual variances ``σ̂²`` are moderated across features by
     limma's ``squeezeVar`` (Smyth 2004), as msqrob2 does for mixed models: each ``σ̂²_i`` comes
     with msqrob2's effective residual df ``d_i = RSS_i/σ̂²_i`` (conditional residuals), a
-    scaled-F prior ``(d₀, s₀²)`` is fitted by moments of ``log σ̂²`` and the posterior is
-    ``σ̃²_i = (d_i σ̂²_i + d₀ s₀²)/(d_i + d₀)``.  What is moderated: σ² only; the whole
-    ``Cov(β̂) = σ² C(θ̂)`` is rescaled by ``σ̃²_i/σ̂²_i`` with the relative variances θ̂ kept, so
-    ``SE`` becomes ``SE·σ̃_i/σ̂_i``.  How the df combine: ``"residual"`` gives limma's and
+    scaled-F prior ``(d₀, s₀²)`` is fitted and the posterior is
+    ``σ̃²_i = (d_i σ̂²_i + d₀ s₀²)/(d_i + d₀)``.  The prior is limma's weighted maximum
+    likelihood for unequal df (its default since 3.62; each feature weighted by
+    ``1/ψ'(d_i/2)``): on incomplete data many proteins have ``d_i`` well below 1, and limma's
+    older moment estimator, dominated by them, returns ``d₀ = ∞`` — one common variance for
+    every feature (see :func:`omixed.lmm.squeeze_var`).  ``robust=True`` protects the prior
+    against outlying variances as limma's ``robust = TRUE`` does.  What is moderated: σ² only;
+    the whole ``Cov(β̂) = σ² C(θ̂)`` is rescaled by ``σ̃²_i/σ̂²_i`` with the relative variances
+    θ̂ kept, so ``SE`` becomes ``SE·σ̃_i/σ̂_i``.  How the df combine: ``"residual"`` gives limma's and
     msqrob2's ``df + d₀``; ``"satterthwaite"`` counts the prior as ``d₀`` extra observations of
     σ in the Satterthwaite computation (``4d₀/σ̂²`` added to the σ entry of the deviance
     Hessian), which equals ``n − p + d₀`` without random effects and stays near the lmerTest df
     when the contrast's variance comes from a random term (plain ``df_satterthwaite + d₀`` is
     anticonservative there).  Both are capped at the pooled ``Σ d_i``, as in limma.
+
+    A contrast is tested in a feature only if that feature's observed samples can estimate it
+    (``l`` in the row space of its design): a protein never seen in the reference condition has
+    no "vs reference" estimate, while the contrast between two levels it was seen in is
+    reported — with the same value whichever aliased coefficient the fit dropped.  Untestable
+    features get NaN and a ``reason``.
+
+    ``hurdle=True`` (protein fits with ``peptides``) adds msqrob2's count component
+    (:func:`omixed.lmm.detection_test`): a quasi-binomial test of how many of the protein's
+    peptides were detected per sample, on the fit's fixed-effects design.  It finds proteins
+    that disappear from a condition, which an intensity model cannot test.  Its p-value is
+    combined with the intensity p-value by Fisher's method where both exist.
 
     Parameters
     ----------
@@ -79,6 +100,10 @@ def test(
         ``"satterthwaite"`` (default) or ``"residual"`` denominator df.
     moderate
         Moderate the residual variances across features (see above).
+    robust
+        With ``moderate``: limma's robust prior, protected against outlying variances.
+    hurdle
+        Add the detection (count) component and the combined p-value (protein fits only).
     key_added
         Where to store the results (default ``f"{key}_test_<contrast>"``).
     layer
@@ -91,11 +116,15 @@ def test(
     Returns
     -------
     Table with one row per feature, sorted by p-value like limma's ``topTable`` (untestable
-    features last, NaN): ``estimate``, ``se``, ``t``, ``df``, ``pvalue`` (two-sided) and ``padj``
-    (Benjamini–Hochberg over the testable features).  The same columns, in feature order, are
-    stored in ``adata.varm[key_added]``; the contrast, method and prior in
-    ``adata.uns[key_added]``.  Features that were not fit, or whose contrast involves a
-    coefficient not estimable from their observed samples, are NaN.
+    features last): ``estimate``, ``se``, ``t``, ``df``, ``pvalue`` (two-sided), ``padj``
+    (Benjamini–Hochberg over the testable features) and ``reason`` (why a feature has no test;
+    empty otherwise).  With ``hurdle=True`` also the count component's ``logOR``, ``logOR_se``,
+    ``logOR_df``, ``logOR_pvalue``, the combined ``hurdle_pvalue`` and ``hurdle_padj`` (by
+    which the table is sorted) and ``basis``: which components the combined p-value rests on
+    (``"intensity+detection"``, ``"detection"`` or ``"intensity"``).  The same columns, in
+    feature order, are stored in ``adata.varm[key_added]``; the contrast, method and, with
+    ``moderate``, the prior (``df_prior``, ``var_prior``, ``n_prior``: how many features
+    informed it) in ``adata.uns[key_added]``.  Both are removed by a refit under ``key``.
 
     Examples
     --------
@@ -104,7 +133,7 @@ def test(
     >>> omixed.tl.fit(adata, "~ condition + (1|batch) + (1|donor)", progress=False)
     >>> top = omixed.tl.test(adata, contrast="condition[T.treated]")
     >>> list(top.columns)
-    ['estimate', 'se', 't', 'df', 'pvalue', 'padj']
+    ['estimate', 'se', 't', 'df', 'pvalue', 'padj', 'reason']
     >>> "lmm_test_condition_T_treated" in adata.varm
     True
     """
@@ -117,7 +146,14 @@ def test(
     names = list(model.spec.fixed_names)
     weights, label = contrast_vector(contrast, names)
     satterthwaite = method == "satterthwaite"
-    options = {"satterthwaite": satterthwaite, "moderate": moderate}
+    if robust and not moderate:
+        raise ValueError("robust=True is an option of moderation; pass moderate=True too")
+    options = {"satterthwaite": satterthwaite, "moderate": moderate, "robust": robust}
+    if hurdle and "protein_key" not in info:
+        raise ValueError(
+            "hurdle=True tests detected peptides per protein: it needs a protein-level fit "
+            "(omixed.tl.summarize_proteins) and its peptides"
+        )
 
     if "protein_key" in info:
         if peptides is None:
@@ -129,6 +165,10 @@ def test(
         obs = peptides.obs.copy()
         obs.index = obs.index.astype(str)
         moments = contrast_moments_grouped(model, long, obs, weights, **options)
+        if hurdle:
+            X = model.spec.fixed.matrix(obs)
+            counts, totals = _detections(peptides, info["protein_key"], adata.var_names, layer)
+            detection = detection_test(counts, totals, X, weights, index=adata.var_names)
     else:
         if peptides is not None:
             raise ValueError(f"uns[{key!r}] is not a protein-level fit; peptides= is not used")
@@ -143,6 +183,8 @@ def test(
         "fit_key": key,
         "method": method,
         "moderate": bool(moderate),
+        "robust": bool(robust),
+        "hurdle": bool(hurdle),
     }
     if moderate:
         df, var = moments[f"{df.name}_post"], moments["var_post"]
@@ -150,13 +192,31 @@ def test(
 
     table = t_table(moments["estimate"], var, df).set_axis(adata.var_names)
     table["padj"] = _bh(table["pvalue"].to_numpy())
+    table["reason"] = moments["reason"].to_numpy()
+    order = ["pvalue", "t"]
+    if hurdle:
+        for column in ("logOR", "se", "df", "pvalue"):
+            name = "logOR" if column == "logOR" else f"logOR_{column}"
+            table[name] = detection[column].to_numpy()
+        table["hurdle_pvalue"] = fisher_combined(table["pvalue"], table["logOR_pvalue"])
+        table["hurdle_padj"] = _bh(table["hurdle_pvalue"].to_numpy())
+        has = pd.DataFrame(
+            {"intensity": table["pvalue"].notna(), "detection": table["logOR_pvalue"].notna()}
+        )
+        table["basis"] = np.select(
+            [has.all(axis=1), has["detection"], has["intensity"]],
+            ["intensity+detection", "detection", "intensity"],
+            "",
+        )
+        params["detection_prior"] = dict(detection.attrs)
+        order = ["hurdle_pvalue", "t"]
     key_added = _fitstore.check_key(key_added or f"{key}_test_{_slug(weights, names)}")
     adata.varm[key_added] = table
     params["n_tested"] = int(table["pvalue"].notna().sum())
     params["fit_id"] = info["fit_id"]
     adata.uns[key_added] = params
     _fitstore.register(adata, key, varm=[key_added], uns=[key_added])
-    return table.sort_values(["pvalue", "t"], na_position="last", key=_rank_key)
+    return table.sort_values(order, na_position="last", key=_rank_key)
 
 
 def _peptide_table(peptides: AnnData, protein_key: str, layer: str | None) -> pd.DataFrame:
@@ -173,6 +233,18 @@ def _peptide_table(peptides: AnnData, protein_key: str, layer: str | None) -> pd
             "y": Y[rows, cols],
         }
     )
+
+
+def _detections(
+    peptides: AnnData, protein_key: str, proteins: pd.Index, layer: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Proteins × samples detected peptides, and each protein's peptides seen in any sample."""
+    observed = np.isfinite(get_matrix(peptides, layer))
+    owner = pd.Index(proteins).get_indexer(peptides.var[protein_key].astype(str))
+    seen = observed.any(axis=0) & (owner >= 0)
+    member = np.zeros((proteins.size, peptides.n_vars))
+    member[owner[seen], np.flatnonzero(seen)] = 1.0
+    return member @ observed.T, member.sum(axis=1)
 
 
 def _bh(p: np.ndarray) -> np.ndarray:
