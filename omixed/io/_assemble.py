@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._table import format_names, numeric_frame
+from ._table import format_names, numeric_frame, read_delimited
 
 # what search engines put in front of contaminant and decoy protein ids (MaxQuant CON__/REV__,
 # FragPipe contam_/rev_, DIA-NN 2.x cRAP-, ProteoBench's Cont_)
@@ -184,3 +184,28 @@ def sum_features(adata: AnnData, by: Sequence[str], *, keep: Sequence[str] = ())
     var = grouped[[*by, *constant]].first().reset_index(drop=True)
     var.index = var.index.astype(str)
     return AnnData(X=X.to_numpy().T, obs=adata.obs.copy(), var=var)
+
+
+def load_columns(
+    path: str,
+    *,
+    sep: str,
+    names: Mapping[str, str],
+    values: Sequence[str] = (),
+    numeric: Sequence[str] = (),
+    reading: Reading,
+) -> pd.DataFrame:
+    """Read ``names`` (renamed to their keys) and ``values`` columns; counts rows in ``reading``.
+
+    ``names`` columns are read as text except the keys in ``numeric``; rows without a protein
+    (when ``"protein"`` is among the keys) are dropped with a warning.
+    """
+    text = {c: str for k, c in names.items() if k not in numeric}
+    frame = read_delimited(
+        path, sep=sep, usecols=list(dict.fromkeys([*names.values(), *values])), dtype=text
+    )
+    reading.rows_read = len(frame)
+    frame = frame.rename(columns={c: k for k, c in names.items()})
+    if "protein" in names:
+        frame = reading.drop_missing(frame, "protein", "protein")
+    return frame

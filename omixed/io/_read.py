@@ -8,7 +8,18 @@ import os
 from anndata import AnnData
 
 # importing the tool modules registers their formats
-from . import _diann, _maxquant  # noqa: F401
+from . import (  # noqa: F401
+    _alphadia,
+    _alphapept,
+    _diann,
+    _fragpipe,
+    _maxquant,
+    _msstats,
+    _peaks,
+    _proteome_discoverer,
+    _sage,
+    _spectronaut,
+)
 from ._registry import FORMATS, sniff
 from ._table import format_names
 

@@ -178,7 +178,7 @@ def numeric_frame(
     if bad.any():
         rows, cols = np.nonzero(bad)
         cells = [
-            f"{frame.index.name or 'row'} {frame.index[r]!r}, "
+            f"{frame.index.name or 'row'} {_plain(frame.index[r])!r}, "
             f"column {frame.columns[c]!r}: {frame.iat[r, c]!r}"
             for r, c in zip(rows[:5], cols[:5], strict=True)
         ]
@@ -187,6 +187,11 @@ def numeric_frame(
         message = f"{source}: non-numeric value(s) at " + "; ".join(cells) + more
         raise ValueError(message + (hint(columns) if hint else ""))
     return converted
+
+
+def _plain(value: object) -> object:
+    """numpy scalars as Python ones, so messages say ``row 79``, not ``np.int64(79)``."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def read_table(

@@ -1,0 +1,121 @@
+"""The MSstats input format (MSstatsConvert's output; written directly by FragPipe, quantms)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+import pandas as pd
+from anndata import AnnData
+
+from ._assemble import CONTAMINANT_PREFIXES, Reading, load_columns, prefixed, sum_features
+from ._long import long_to_anndata, unique_names
+from ._registry import Format, Header, register
+from ._table import find_column, format_names, read_header, require_column
+
+
+def read_msstats(
+    path: str | os.PathLike,
+    *,
+    level: Literal["precursor", "peptide"] = "precursor",
+    label: str | None = "L",
+    drop_contaminants: bool = True,
+    contaminant_prefixes: Sequence[str] = CONTAMINANT_PREFIXES,
+) -> AnnData:
+    """Read a table in MSstats' input format (``ProteinName``, ``PeptideSequence``,
+    ``PrecursorCharge``, ``FragmentIon``, ``ProductCharge``, ``IsotopeLabelType``,
+    ``Condition``, ``BioReplicate``, ``Run``, ``Intensity``).
+
+    Parameters
+    ----------
+    path
+        The table (``.csv`` as MSstatsConvert, FragPipe's ``MSstats.csv`` and quantms write it).
+    level
+        ``"precursor"`` (default; peptide sequence + charge, fragment rows of DIA data summed)
+        or ``"peptide"`` (charges summed too).
+    label
+        Keep rows of this ``IsotopeLabelType`` (``"L"``: the endogenous, light peptides; heavy
+        ``"H"`` rows are reference standards). ``None`` keeps all and makes the label part of
+        the feature.
+    drop_contaminants, contaminant_prefixes
+        Drop proteins with an id starting with one of the prefixes.
+
+    Returns
+    -------
+    Samples × features with ``obs_names`` = ``Run`` and ``obs["condition"]``,
+    ``obs["bio_replicate"]`` (and ``obs["reference"]``, quantms' file name, when present);
+    ``var`` has ``protein`` (``ProteinName``), ``peptide`` (modifications removed),
+    ``modified_sequence``, ``charge``.
+
+    Examples
+    --------
+    >>> adata = omixed.io.read_msstats("MSstats.csv")  # doctest: +SKIP
+    """
+    if level not in ("precursor", "peptide"):
+        raise ValueError(f"level must be 'precursor' or 'peptide', got {level!r}")
+    columns, sep = read_header(path)
+    if not _detect(Header(path, tuple(columns))):
+        raise ValueError(f"{path}: not in MSstats format (columns: {format_names(columns, 12)})")
+    reading = Reading(
+        "read_msstats",
+        os.fspath(path),
+        "MSstats format",
+        {"level": level, "label": label, "drop_contaminants": drop_contaminants},
+    )
+    names = {
+        "protein": "ProteinName",
+        "modified_sequence": find_column(columns, "PeptideModifiedSequence", "PeptideSequence"),
+        "charge": "PrecursorCharge",
+        "run": "Run",
+        "label": find_column(columns, "IsotopeLabelType"),
+        "condition": find_column(columns, "Condition"),
+        "bio_replicate": find_column(columns, "BioReplicate"),
+        "reference": find_column(columns, "Reference"),
+        "fragment": find_column(columns, "FragmentIon"),
+        "product_charge": find_column(columns, "ProductCharge"),
+    }
+    names = {k: c for k, c in names.items() if c is not None}
+    value = require_column(columns, "Intensity", source=path)
+    frame = load_columns(os.fspath(path), sep=sep, names=names, values=[value],
+                         numeric=("charge",), reading=reading)  # fmt: skip
+    if label is not None and "label" in frame:
+        frame = reading.drop(frame, frame["label"].ne(label).to_numpy(), f"label not {label!r}")
+    prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
+    frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
+    frame["peptide"] = frame["modified_sequence"].map(
+        lambda s: re.sub(r"\[[^]]*\]|\([^)]*\)|[^A-Z]", "", s)
+    )
+    feature = ["modified_sequence", "charge"] + (["label"] if label is None else [])
+    fragments = [c for c in ("fragment", "product_charge") if c in frame]
+    if frame[fragments].notna().any(axis=None) if fragments else False:
+        reading.note("fragment rows summed per precursor and run")
+    frame["value"] = frame.pop(value)
+    adata = long_to_anndata(
+        frame, sample="run", feature=feature, value="value",
+        annotations={"protein": "protein", "peptide": "peptide"}, aggregate="sum",
+        samples=pd.unique(frame["run"].astype(str)), source=path,
+    )  # fmt: skip
+    for key in ("condition", "bio_replicate", "reference"):
+        if key in frame:
+            per_run = frame.groupby(frame["run"].astype(str))[key].first()
+            adata.obs[key] = per_run.reindex(adata.obs_names).to_numpy()
+    if level == "peptide":
+        adata = sum_features(adata, ["protein", "peptide"])
+        adata.var_names = unique_names(adata.var["peptide"], adata.var["protein"], source=path)
+    else:
+        key = adata.var["modified_sequence"] + "/" + adata.var["charge"].astype(int).astype(str)
+        if label is None:
+            key = key + "/" + adata.var["label"].astype(str)
+        adata.var_names = unique_names(key, adata.var["protein"], source=path)
+    return reading.finish(adata, level=level, value=value)
+
+
+def _detect(header: Header) -> bool:
+    return header.has("ProteinName", "PrecursorCharge", "Run", "Intensity") and (
+        header.has("PeptideSequence") or header.has("PeptideModifiedSequence")
+    )
+
+
+register(Format("MSstats format", _detect, read_msstats))
