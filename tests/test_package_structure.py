@@ -13,7 +13,12 @@ from omixed._docs import DOCS, doc_params
 NAMESPACES = ["pp", "tl", "pl", "get", "io", "datasets"]
 # Functions whose first argument is not an AnnData: readers take a path, meta takes estimates,
 # datasets take nothing.
-NOT_ADATA_FIRST = {"io.read_maxquant", "io.read_diann", "io.read_long", "io.read_table", "tl.meta"}
+NOT_ADATA_FIRST = {
+    *(f"io.read{suffix}" for suffix in ("", "_table", "_long", "_maxquant", "_diann", "_fragpipe",
+                                         "_spectronaut", "_alphadia", "_sage", "_peaks",
+                                         "_alphapept", "_proteome_discoverer", "_msstats")),
+    "tl.meta",
+}  # fmt: skip
 
 
 def _public():

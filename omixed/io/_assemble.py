@@ -104,6 +104,8 @@ class Reading:
             if protein.isna().any():  # guarded by drop_missing; never write the text "nan"
                 raise AssertionError(f"{self.path}: missing protein names after filtering")
             adata.var["protein"] = protein.astype(str).to_numpy()
+        adata.var = _storable_columns(adata.var)
+        adata.obs = _storable_columns(adata.obs)
         adata.obs_names = adata.obs_names.astype(str)
         adata.var_names = adata.var_names.astype(str)
         adata.uns["source"] = {
@@ -126,6 +128,16 @@ class Reading:
     def _options_text(self) -> str:
         shown = {k: v for k, v in self.options.items() if v is not None}
         return f"options: {shown}" if shown else "no options set"
+
+
+def _storable_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Annotation columns h5ad can write: empty ones dropped, text with gaps categorical."""
+    empty = [c for c in frame.columns if frame[c].isna().all()]
+    frame = frame.drop(columns=empty)
+    for column in frame.columns:
+        if frame[column].dtype == object and frame[column].isna().any():
+            frame[column] = frame[column].astype("category")
+    return frame
 
 
 def _storable(value: object) -> object:

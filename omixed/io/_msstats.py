@@ -88,8 +88,7 @@ def read_msstats(
         lambda s: re.sub(r"\[[^]]*\]|\([^)]*\)|[^A-Z]", "", s)
     )
     feature = ["modified_sequence", "charge"] + (["label"] if label is None else [])
-    fragments = [c for c in ("fragment", "product_charge") if c in frame]
-    if frame[fragments].notna().any(axis=None) if fragments else False:
+    if "fragment" in frame and frame["fragment"].notna().any():
         reading.note("fragment rows summed per precursor and run")
     frame["value"] = frame.pop(value)
     adata = long_to_anndata(
