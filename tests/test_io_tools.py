@@ -416,9 +416,11 @@ def test_alphapept_results_decoys_and_repeated_precursors():
     targets = table[~table["decoy"]]
     assert adata.uns["source"]["rows_dropped"] == {"decoy": int(table["decoy"].sum())}
     summed = targets.pivot_table(
-        index="shortname", columns=["sequence", "charge"], values="ms1_int_sum_apex_dn",
+        index="shortname",
+        columns=["sequence", "charge"],
+        values="ms1_int_sum_apex_dn",
         aggfunc="sum",
-    )  # fmt: skip
+    )
     for (sequence, charge), column in summed.items():
         ours = frame_of(adata)[f"{sequence}/{int(charge)}"]
         np.testing.assert_allclose(ours.loc[column.index], column.to_numpy())

@@ -14,11 +14,26 @@ NAMESPACES = ["pp", "tl", "pl", "get", "io", "datasets"]
 # Functions whose first argument is not an AnnData: readers take a path, meta takes estimates,
 # datasets take nothing.
 NOT_ADATA_FIRST = {
-    *(f"io.read{suffix}" for suffix in ("", "_table", "_long", "_maxquant", "_diann", "_fragpipe",
-                                         "_spectronaut", "_alphadia", "_sage", "_peaks",
-                                         "_alphapept", "_proteome_discoverer", "_msstats")),
+    *(
+        f"io.read{suffix}"
+        for suffix in (
+            "",
+            "_table",
+            "_long",
+            "_maxquant",
+            "_diann",
+            "_fragpipe",
+            "_spectronaut",
+            "_alphadia",
+            "_sage",
+            "_peaks",
+            "_alphapept",
+            "_proteome_discoverer",
+            "_msstats",
+        )
+    ),
     "tl.meta",
-}  # fmt: skip
+}
 
 
 def _public():

@@ -8,19 +8,38 @@ from typing import Literal
 
 from anndata import AnnData
 
-from ._assemble import CONTAMINANT_PREFIXES, Reading, load_columns, prefixed, wide_to_anndata
+from ._assemble import (
+    CONTAMINANT_PREFIXES,
+    Reading,
+    finish_level,
+    load_columns,
+    prefixed,
+    wide_to_anndata,
+)
 from ._long import unique_names
 from ._registry import Format, Header, register
 from ._table import format_names, read_header
 
 # annotation columns of the precursor matrix (AlphaDIA 1.x); every other column is a run
-_PRECURSOR = ("mod_seq_charge_hash", "mod_seq_hash", "precursor_idx", "pg", "proteins", "genes",
-              "decoy", "mods", "mod_sites", "sequence", "charge")  # fmt: skip
+_PRECURSOR = (
+    "mod_seq_charge_hash",
+    "mod_seq_hash",
+    "precursor_idx",
+    "pg",
+    "proteins",
+    "genes",
+    "decoy",
+    "mods",
+    "mod_sites",
+    "sequence",
+    "charge",
+)
 
 
 def read_alphadia(
     path: str | os.PathLike,
     *,
+    level: Literal["precursor", "peptide"] = "precursor",
     drop_contaminants: bool = True,
     contaminant_prefixes: Sequence[str] = CONTAMINANT_PREFIXES,
 ) -> AnnData:
@@ -31,6 +50,8 @@ def read_alphadia(
     path
         ``precursors.matrix.tsv`` (one row per precursor, ``mod_seq_charge_hash``) or
         ``pg.matrix.tsv`` (one row per protein group, ``pg``).
+    level
+        Precursor matrix: ``"precursor"`` (default) or ``"peptide"`` (precursors summed).
     drop_contaminants, contaminant_prefixes
         Drop features whose protein group has an id starting with one of the prefixes. Rows with
         ``decoy`` = 1 are always dropped.
@@ -52,13 +73,18 @@ def read_alphadia(
         raise ValueError(
             f"{path}: not an AlphaDIA precursor or pg matrix (columns: {format_names(columns, 12)})"
         )
-    reading = Reading("read_alphadia", os.fspath(path), f"AlphaDIA {kind} matrix",
-                      {"drop_contaminants": drop_contaminants})  # fmt: skip
+    reading = Reading(
+        "read_alphadia",
+        os.fspath(path),
+        f"AlphaDIA {kind} matrix",
+        {"drop_contaminants": drop_contaminants},
+    )
     prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
     if kind == "protein":
         samples = {c: c for c in columns if c != "pg"}
-        frame = load_columns(os.fspath(path), sep=sep, names={"protein": "pg"},
-                             values=list(samples), reading=reading)  # fmt: skip
+        frame = load_columns(
+            os.fspath(path), sep=sep, names={"protein": "pg"}, values=list(samples), reading=reading
+        )
         frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
         adata = wide_to_anndata(frame, samples, frame[["protein"]], source=path)
         adata.var_names = adata.var["protein"].to_numpy()
@@ -67,11 +93,23 @@ def read_alphadia(
     protein = next(c for c in ("pg", "proteins", "genes") if c in columns)
     if protein != "pg":
         reading.note(f"no 'pg' column: protein taken from {protein!r}")
-    names = {"protein": protein, "id": "mod_seq_charge_hash", "peptide": "sequence",
-             "mods": "mods", "charge": "charge", "decoy": "decoy"}  # fmt: skip
+    names = {
+        "protein": protein,
+        "id": "mod_seq_charge_hash",
+        "peptide": "sequence",
+        "mods": "mods",
+        "charge": "charge",
+        "decoy": "decoy",
+    }
     names = {k: c for k, c in names.items() if c in columns}
-    frame = load_columns(os.fspath(path), sep=sep, names=names, values=list(samples),
-                         numeric=("charge", "decoy"), reading=reading)  # fmt: skip
+    frame = load_columns(
+        os.fspath(path),
+        sep=sep,
+        names=names,
+        values=list(samples),
+        numeric=("charge", "decoy"),
+        reading=reading,
+    )
     if "decoy" in frame:
         frame = reading.drop(frame, frame.pop("decoy").fillna(0).ne(0).to_numpy(), "decoy")
     frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
@@ -82,7 +120,7 @@ def read_alphadia(
         key = key + adata.var["mods"].fillna("").astype(str).map(lambda m: f"[{m}]" if m else "")
     key = key + "/" + adata.var["charge"].astype(int).astype(str)
     adata.var_names = unique_names(key, adata.var["protein"], source=path)
-    return reading.finish(adata, level="precursor", value="AlphaDIA intensity")
+    return finish_level(adata, level, reading, value="AlphaDIA intensity", source=path)
 
 
 def _detect_kind(header: Header) -> Literal["precursor", "protein"] | None:

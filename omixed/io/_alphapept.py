@@ -9,7 +9,14 @@ from typing import Literal
 import pandas as pd
 from anndata import AnnData
 
-from ._assemble import CONTAMINANT_PREFIXES, Reading, load_columns, prefixed, wide_to_anndata
+from ._assemble import (
+    CONTAMINANT_PREFIXES,
+    Reading,
+    finish_level,
+    load_columns,
+    prefixed,
+    wide_to_anndata,
+)
 from ._long import long_to_anndata, unique_names
 from ._registry import Format, Header, register
 from ._table import find_column, format_names, read_header, require_column
@@ -20,6 +27,7 @@ _QUANTITIES = ("ms1_int_sum_apex_dn", "ms1_int_sum_apex", "int_sum_dn", "int_sum
 def read_alphapept(
     path: str | os.PathLike,
     *,
+    level: Literal["precursor", "peptide"] = "precursor",
     quantity: str | None = None,
     lfq: bool = True,
     aggregate: Literal["sum", "max"] = "sum",
@@ -33,6 +41,8 @@ def read_alphapept(
     path
         ``results.csv`` (one row per precursor and run; ``shortname`` names the run) or
         ``results_proteins.csv`` (protein × sample, ``<sample>_LFQ`` and raw ``<sample>``).
+    level
+        Precursor table: ``"precursor"`` (default) or ``"peptide"`` (precursors summed).
     quantity
         Precursor table: value column, default the first of ``ms1_int_sum_apex_dn`` (AlphaPept's
         normalised apex intensity), ``ms1_int_sum_apex``, ``int_sum_dn``, ``int_sum``.
@@ -58,15 +68,24 @@ def read_alphapept(
     header = Header(path, tuple(columns))
     prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
     if _detect_proteins(header):
-        reading = Reading("read_alphapept", os.fspath(path), "AlphaPept protein table",
-                          {"lfq": lfq, "drop_contaminants": drop_contaminants})  # fmt: skip
+        reading = Reading(
+            "read_alphapept",
+            os.fspath(path),
+            "AlphaPept protein table",
+            {"lfq": lfq, "drop_contaminants": drop_contaminants},
+        )
         lfq_columns = [c for c in columns[1:] if c.endswith("_LFQ")]
         samples = {c[:-4]: (c if lfq else c[:-4]) for c in lfq_columns}
         if not lfq and not set(samples.values()) <= set(columns):
             raise KeyError(f"{path}: no raw intensity columns next to the _LFQ ones; use lfq=True")
         # pandas names the empty first header cell "Unnamed: 0"
-        frame = load_columns(os.fspath(path), sep=sep, names={"protein": "Unnamed: 0"},
-                             values=list(samples.values()), reading=reading)  # fmt: skip
+        frame = load_columns(
+            os.fspath(path),
+            sep=sep,
+            names={"protein": "Unnamed: 0"},
+            values=list(samples.values()),
+            reading=reading,
+        )
         frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
         adata = wide_to_anndata(frame, samples, frame[["protein"]], source=path)
         adata.var_names = adata.var["protein"].to_numpy()
@@ -77,8 +96,12 @@ def read_alphapept(
             f"(columns: {format_names(columns, 12)})"
         )
     quantity = quantity or next((q for q in _QUANTITIES if q in columns), _QUANTITIES[0])
-    reading = Reading("read_alphapept", os.fspath(path), "AlphaPept results",
-                      {"quantity": quantity, "drop_contaminants": drop_contaminants})  # fmt: skip
+    reading = Reading(
+        "read_alphapept",
+        os.fspath(path),
+        "AlphaPept results",
+        {"level": level, "quantity": quantity, "drop_contaminants": drop_contaminants},
+    )
     names = {
         "run": find_column(columns, "shortname", "filename"),
         "protein": find_column(columns, "protein_group", "protein"),
@@ -89,8 +112,14 @@ def read_alphapept(
     }
     names = {k: c for k, c in names.items() if c is not None}
     require_column(columns, quantity, source=path)
-    frame = load_columns(os.fspath(path), sep=sep, names=names, values=[quantity],
-                         numeric=("charge",), reading=reading)  # fmt: skip
+    frame = load_columns(
+        os.fspath(path),
+        sep=sep,
+        names=names,
+        values=[quantity],
+        numeric=("charge",),
+        reading=reading,
+    )
     if "decoy" in frame:
         frame = reading.drop(frame, frame["decoy"].str.lower().eq("true").to_numpy(), "decoy")
     frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
@@ -100,13 +129,18 @@ def read_alphapept(
         reading.note(f"{int(repeated)} repeated precursor row(s) in a run combined by {aggregate}")
     reading.options["aggregate"] = aggregate
     adata = long_to_anndata(
-        frame, sample="run", feature=["modified_sequence", "charge"], value="value",
-        annotations={"protein": "protein", "peptide": "peptide"}, aggregate=aggregate,
-        samples=pd.unique(frame["run"]), source=path,
-    )  # fmt: skip
+        frame,
+        sample="run",
+        feature=["modified_sequence", "charge"],
+        value="value",
+        annotations={"protein": "protein", "peptide": "peptide"},
+        aggregate=aggregate,
+        samples=pd.unique(frame["run"]),
+        source=path,
+    )
     key = adata.var["modified_sequence"] + "/" + adata.var["charge"].astype(int).astype(str)
     adata.var_names = unique_names(key, adata.var["protein"], source=path)
-    return reading.finish(adata, level="precursor", value=quantity)
+    return finish_level(adata, level, reading, value=quantity, source=path)
 
 
 def _detect_results(header: Header) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._long import unique_names
 from ._table import format_names, numeric_frame, read_delimited
 
 # what search engines put in front of contaminant and decoy protein ids (MaxQuant CON__/REV__,
@@ -221,3 +222,21 @@ def load_columns(
     if "protein" in names:
         frame = reading.drop_missing(frame, "protein", "protein")
     return frame
+
+
+def finish_level(
+    adata: AnnData,
+    level: str,
+    reading: Reading,
+    *,
+    value: str,
+    source: object,
+    keep: Sequence[str] = (),
+) -> AnnData:
+    """Finish a precursor-level table, first summing precursors to peptides if asked."""
+    if level not in ("precursor", "peptide"):
+        raise ValueError(f"level must be 'precursor' or 'peptide', got {level!r}")
+    if level == "peptide":
+        adata = sum_features(adata, ["protein", "peptide"], keep=keep)
+        adata.var_names = unique_names(adata.var["peptide"], adata.var["protein"], source=source)
+    return reading.finish(adata, level=level, value=value)

@@ -42,10 +42,21 @@ _ANNOTATIONS = {
 _PRECURSOR = {"modified_sequence": "Modified.Sequence", "charge": "Precursor.Charge"}
 # columns of the matrices that are not samples
 _MATRIX_COLUMNS = {
-    "Protein.Group", "Protein.Ids", "Protein.Names", "Genes", "First.Protein.Description",
-    "Proteotypic", "Stripped.Sequence", "Modified.Sequence", "Precursor.Charge", "Precursor.Id",
-    "N.Sequences", "N.Proteotypic.Sequences", "Precursor.Lib.Index", "Channel",
-}  # fmt: skip
+    "Protein.Group",
+    "Protein.Ids",
+    "Protein.Names",
+    "Genes",
+    "First.Protein.Description",
+    "Proteotypic",
+    "Stripped.Sequence",
+    "Modified.Sequence",
+    "Precursor.Charge",
+    "Precursor.Id",
+    "N.Sequences",
+    "N.Proteotypic.Sequences",
+    "Precursor.Lib.Index",
+    "Channel",
+}
 
 
 def read_diann(
@@ -128,22 +139,31 @@ def read_diann(
             f"{path}: not a DIA-NN report, pr_matrix or pg_matrix "
             f"(columns: {format_names(header.columns, 12)})"
         )
-    allowed = {"report": ("peptide", "precursor", "protein"), "pr_matrix": ("precursor", "peptide"),
-               "pg_matrix": ("protein",)}[kind]  # fmt: skip
+    allowed = {
+        "report": ("peptide", "precursor", "protein"),
+        "pr_matrix": ("precursor", "peptide"),
+        "pg_matrix": ("protein",),
+    }[kind]
     level = level or allowed[0]
     if level not in allowed:
         raise ValueError(
             f"{path} is a DIA-NN {kind}: level must be one of {allowed}, got {level!r}"
         )
-    options = {"level": level, "quantity": quantity, **thresholds, "proteotypic": proteotypic,
-               "drop_contaminants": drop_contaminants}  # fmt: skip
+    options = {
+        "level": level,
+        "quantity": quantity,
+        **thresholds,
+        "proteotypic": proteotypic,
+        "drop_contaminants": drop_contaminants,
+    }
     if drop_contaminants:
         options["contaminant_prefixes"] = tuple(contaminant_prefixes)
     reading = Reading("read_diann", os.fspath(path), f"DIA-NN {kind}", options)
     prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
     if kind == "report":
-        return _read_report(path, header, level, quantity, thresholds, proteotypic, prefixes,
-                            reading)  # fmt: skip
+        return _read_report(
+            path, header, level, quantity, thresholds, proteotypic, prefixes, reading
+        )
     asked = [k for k, v in thresholds.items() if v is not None and k != "q_value"]
     if asked or quantity is not None:
         raise ValueError(
@@ -232,9 +252,13 @@ def _read_report(
     frame = reading.drop(frame, prefixed(ids, prefixes), "contaminant")
 
     frame = frame.rename(
-        columns={"Protein.Group": "protein", "Stripped.Sequence": "peptide",
-                 "Precursor.Id": "precursor", **{c: k for k, c in optional.items()}}
-    )  # fmt: skip
+        columns={
+            "Protein.Group": "protein",
+            "Stripped.Sequence": "peptide",
+            "Precursor.Id": "precursor",
+            **{c: k for k, c in optional.items()},
+        }
+    )
     if level == "protein":
         adata = _protein_values(frame, quantity, samples, optional, path)
     else:
@@ -276,9 +300,14 @@ def _protein_values(
     first = frame.drop_duplicates(["sample", "protein"])
     annotations = {k: k for k in optional if k not in ("modified_sequence", "charge")}
     adata = long_to_anndata(
-        first, sample="sample", feature=["protein"], value=quantity,
-        annotations=annotations, samples=samples, source=path,
-    )  # fmt: skip
+        first,
+        sample="sample",
+        feature=["protein"],
+        value=quantity,
+        annotations=annotations,
+        samples=samples,
+        source=path,
+    )
     adata.var_names = adata.var["protein"].astype(str).to_numpy()
     return adata
 
@@ -302,8 +331,11 @@ def _read_matrix(
     if kind == "pr_matrix":
         names.update(peptide="Stripped.Sequence", precursor="Precursor.Id", **_PRECURSOR)
     names = {k: c for k, c in names.items() if c in columns}
-    text = [c for c in ("Protein.Group", "Protein.Ids", "Stripped.Sequence", "Precursor.Id")
-            if c in columns]  # fmt: skip
+    text = [
+        c
+        for c in ("Protein.Group", "Protein.Ids", "Stripped.Sequence", "Precursor.Id")
+        if c in columns
+    ]
     frame = read_delimited(path, sep="\t", dtype=dict.fromkeys(text, str))
     reading.rows_read = len(frame)
     frame = reading.drop_missing(frame, "Protein.Group", "protein group")

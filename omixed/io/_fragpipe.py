@@ -24,14 +24,19 @@ from ._long import long_to_anndata, unique_names
 from ._registry import Format, Header, register
 from ._table import find_column, format_names, read_delimited, read_header, require_column
 
-Kind = Literal["combined_ion", "combined_modified_peptide", "combined_peptide", "combined_protein",
-               "psm"]  # fmt: skip
+Kind = Literal[
+    "combined_ion", "combined_modified_peptide", "combined_peptide", "combined_protein", "psm"
+]
 # per-sample value columns "<sample> <quantity>", preferred first
 _QUANTITIES = ("MaxLFQ Intensity", "Intensity", "Razor Intensity", "Total Intensity")
 # words FragPipe puts between the sample name and "Intensity"/"Spectral Count"
 _QUALIFIERS = ("MaxLFQ", "Razor", "Unique", "Total", "Summarized", "Combined")
-_ANNOTATIONS = {"protein_id": "Protein ID", "entry_name": "Entry Name", "genes": "Gene",
-                "mapped_proteins": "Mapped Proteins"}  # fmt: skip
+_ANNOTATIONS = {
+    "protein_id": "Protein ID",
+    "entry_name": "Entry Name",
+    "genes": "Gene",
+    "mapped_proteins": "Mapped Proteins",
+}
 _FEATURE = {
     "combined_ion": ["Peptide Sequence", "Modified Sequence", "Charge"],
     "combined_modified_peptide": ["Peptide Sequence", "Modified Sequence"],
@@ -115,8 +120,17 @@ def read_fragpipe(
     contaminants = tuple(contaminant_prefixes) if drop_contaminants else ()
     if kind == "psm":
         reading.options["psm_aggregate"] = psm_aggregate
-        return _read_psm(path, sep, columns, level, intensity, contaminants,
-                         tuple(decoy_prefixes), psm_aggregate, reading)  # fmt: skip
+        return _read_psm(
+            path,
+            sep,
+            columns,
+            level,
+            intensity,
+            contaminants,
+            tuple(decoy_prefixes),
+            psm_aggregate,
+            reading,
+        )
 
     quantity = intensity or next(
         (q for q in _QUANTITIES if _samples(columns, q)),
@@ -139,9 +153,11 @@ def read_fragpipe(
             names[column] = require_column(columns, column, source=path)
     text = [c for k, c in names.items() if k != "Charge"]
     frame = read_delimited(
-        path, sep=sep, usecols=[*names.values(), *samples.values()],
+        path,
+        sep=sep,
+        usecols=[*names.values(), *samples.values()],
         dtype=dict.fromkeys(text, str),
-    )  # fmt: skip
+    )
     reading.rows_read = len(frame)
     frame = frame.rename(columns={c: k for k, c in names.items()})
     frame = frame.rename(columns={"Modified Sequence": "modified_sequence", "Charge": "charge"})
@@ -194,17 +210,19 @@ def _finish(
     if level == "precursor":
         key = adata.var["modified_sequence"].fillna(adata.var["peptide"]).astype(str)
         adata.var_names = unique_names(
-            key + "/" + adata.var["charge"].astype(int).astype(str), adata.var["protein"],
+            key + "/" + adata.var["charge"].astype(int).astype(str),
+            adata.var["protein"],
             source=path,
-        )  # fmt: skip
+        )
         return reading.finish(adata, level=level, value=quantity)
     if level == "modified_peptide":
         if kind != "combined_modified_peptide":
             adata = sum_features(adata, ["protein", "peptide", "modified_sequence"], keep=keep)
         adata.var_names = unique_names(
-            adata.var["modified_sequence"].fillna(adata.var["peptide"]), adata.var["protein"],
+            adata.var["modified_sequence"].fillna(adata.var["peptide"]),
+            adata.var["protein"],
             source=path,
-        )  # fmt: skip
+        )
         return reading.finish(adata, level=level, value=quantity)
     if kind != "combined_peptide":
         adata = sum_features(adata, ["protein", "peptide"], keep=keep)
@@ -246,15 +264,25 @@ def _read_psm(
     frame["value"] = frame.pop(value)
     annotations = {k: k for k in ("peptide", "protein", *_ANNOTATIONS) if k in frame}
     adata = long_to_anndata(
-        frame, sample="run", feature=["modified_sequence", "charge"], value="value",
-        annotations=annotations, aggregate=aggregate, source=path,
-    )  # fmt: skip
+        frame,
+        sample="run",
+        feature=["modified_sequence", "charge"],
+        value="value",
+        annotations=annotations,
+        aggregate=aggregate,
+        source=path,
+    )
     reading.note(f"PSMs of one precursor and run combined by {aggregate}")
     return _finish(adata, "psm", level, value, path, reading)
 
 
-_KIND_NAMES = ("combined_ion", "combined_modified_peptide", "combined_peptide",
-               "combined_protein", "psm")  # fmt: skip
+_KIND_NAMES = (
+    "combined_ion",
+    "combined_modified_peptide",
+    "combined_peptide",
+    "combined_protein",
+    "psm",
+)
 register(
     *(
         Format(f"FragPipe {kind}", lambda h, k=kind: _detect_kind(h) == k, read_fragpipe)

@@ -10,7 +10,7 @@ from typing import Literal
 import pandas as pd
 from anndata import AnnData
 
-from ._assemble import CONTAMINANT_PREFIXES, Reading, load_columns, prefixed, sum_features
+from ._assemble import CONTAMINANT_PREFIXES, Reading, finish_level, load_columns, prefixed
 from ._long import long_to_anndata, unique_names
 from ._registry import Format, Header, register
 from ._table import find_column, format_names, read_header, require_column
@@ -53,8 +53,6 @@ def read_msstats(
     --------
     >>> adata = omixed.io.read_msstats("MSstats.csv")  # doctest: +SKIP
     """
-    if level not in ("precursor", "peptide"):
-        raise ValueError(f"level must be 'precursor' or 'peptide', got {level!r}")
     columns, sep = read_header(path)
     if not _detect(Header(path, tuple(columns))):
         raise ValueError(f"{path}: not in MSstats format (columns: {format_names(columns, 12)})")
@@ -78,8 +76,9 @@ def read_msstats(
     }
     names = {k: c for k, c in names.items() if c is not None}
     value = require_column(columns, "Intensity", source=path)
-    frame = load_columns(os.fspath(path), sep=sep, names=names, values=[value],
-                         numeric=("charge",), reading=reading)  # fmt: skip
+    frame = load_columns(
+        os.fspath(path), sep=sep, names=names, values=[value], numeric=("charge",), reading=reading
+    )
     if label is not None and "label" in frame:
         frame = reading.drop(frame, frame["label"].ne(label).to_numpy(), f"label not {label!r}")
     prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
@@ -92,23 +91,24 @@ def read_msstats(
         reading.note("fragment rows summed per precursor and run")
     frame["value"] = frame.pop(value)
     adata = long_to_anndata(
-        frame, sample="run", feature=feature, value="value",
-        annotations={"protein": "protein", "peptide": "peptide"}, aggregate="sum",
-        samples=pd.unique(frame["run"].astype(str)), source=path,
-    )  # fmt: skip
+        frame,
+        sample="run",
+        feature=feature,
+        value="value",
+        annotations={"protein": "protein", "peptide": "peptide"},
+        aggregate="sum",
+        samples=pd.unique(frame["run"].astype(str)),
+        source=path,
+    )
     for key in ("condition", "bio_replicate", "reference"):
         if key in frame:
             per_run = frame.groupby(frame["run"].astype(str))[key].first()
             adata.obs[key] = per_run.reindex(adata.obs_names).to_numpy()
-    if level == "peptide":
-        adata = sum_features(adata, ["protein", "peptide"])
-        adata.var_names = unique_names(adata.var["peptide"], adata.var["protein"], source=path)
-    else:
-        key = adata.var["modified_sequence"] + "/" + adata.var["charge"].astype(int).astype(str)
-        if label is None:
-            key = key + "/" + adata.var["label"].astype(str)
-        adata.var_names = unique_names(key, adata.var["protein"], source=path)
-    return reading.finish(adata, level=level, value=value)
+    key = adata.var["modified_sequence"] + "/" + adata.var["charge"].astype(int).astype(str)
+    if label is None:
+        key = key + "/" + adata.var["label"].astype(str)
+    adata.var_names = unique_names(key, adata.var["protein"], source=path)
+    return finish_level(adata, level, reading, value=value, source=path)
 
 
 def _detect(header: Header) -> bool:

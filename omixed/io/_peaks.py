@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 from anndata import AnnData
 
@@ -13,6 +14,7 @@ from ._assemble import (
     DECOY_PREFIXES,
     Reading,
     all_prefixed,
+    finish_level,
     load_columns,
     prefixed,
     run_name,
@@ -28,6 +30,7 @@ _AREAS = (" Normalized Area", " Area")
 def read_peaks(
     path: str | os.PathLike,
     *,
+    level: Literal["precursor", "peptide"] = "precursor",
     area: str | None = None,
     drop_contaminants: bool = True,
     contaminant_prefixes: Sequence[str] = CONTAMINANT_PREFIXES,
@@ -40,6 +43,9 @@ def read_peaks(
     path
         PEAKS export with a ``Peptide`` column and ``"<sample> Normalized Area"`` (or
         ``"Area <sample>"``) columns.
+    level
+        ``"precursor"`` (default; ``Peptide`` + ``z``) or ``"peptide"`` (charges and modified
+        forms of a sequence summed).
     area
         Which per-sample column: ``"Normalized Area"`` (default when present) or ``"Area"``.
     drop_contaminants, contaminant_prefixes, decoy_prefixes
@@ -63,14 +69,26 @@ def read_peaks(
     samples = _samples(columns, chosen)
     if not samples:
         raise KeyError(f"{path}: no per-sample '{chosen.strip()}' columns; pass area=")
-    reading = Reading("read_peaks", os.fspath(path), "PEAKS LFQ table",
-                      {"area": chosen.strip(), "drop_contaminants": drop_contaminants})  # fmt: skip
-    names = {"modified_sequence": "Peptide",
-             "protein": find_column(columns, "Accession", "Protein Accession"),
-             "charge": find_column(columns, "z")}  # fmt: skip
+    reading = Reading(
+        "read_peaks",
+        os.fspath(path),
+        "PEAKS LFQ table",
+        {"level": level, "area": chosen.strip(), "drop_contaminants": drop_contaminants},
+    )
+    names = {
+        "modified_sequence": "Peptide",
+        "protein": find_column(columns, "Accession", "Protein Accession"),
+        "charge": find_column(columns, "z"),
+    }
     names = {k: c for k, c in names.items() if c is not None}
-    frame = load_columns(os.fspath(path), sep=sep, names=names, values=list(samples.values()),
-                         numeric=("charge",), reading=reading)  # fmt: skip
+    frame = load_columns(
+        os.fspath(path),
+        sep=sep,
+        names=names,
+        values=list(samples.values()),
+        numeric=("charge",),
+        reading=reading,
+    )
     frame = reading.drop(frame, all_prefixed(frame["protein"], tuple(decoy_prefixes)), "decoy")
     prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
     frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
@@ -82,8 +100,7 @@ def read_peaks(
     if "charge" in adata.var:
         key = key + "/" + adata.var["charge"].astype(int).astype(str)
     adata.var_names = unique_names(key, adata.var["protein"], source=path)
-    level = "precursor" if "charge" in adata.var else "peptide"
-    return reading.finish(adata, level=level, value=chosen.strip())
+    return finish_level(adata, level, reading, value=chosen.strip(), source=path)
 
 
 def _samples(columns: Sequence[str], suffix: str) -> dict[str, str]:

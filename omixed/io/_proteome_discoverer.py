@@ -71,8 +71,12 @@ def read_proteome_discoverer(
             labels[match["file"]] = match["rest"].strip(" ,")
     if not samples:
         raise KeyError(f"{path}: no {abundance} abundance columns (Abundance: F1: ...)")
-    reading = Reading("read_proteome_discoverer", os.fspath(path), f"Proteome Discoverer {kind}",
-                      {"abundance": abundance, "drop_contaminants": drop_contaminants})  # fmt: skip
+    reading = Reading(
+        "read_proteome_discoverer",
+        os.fspath(path),
+        f"Proteome Discoverer {kind}",
+        {"abundance": abundance, "drop_contaminants": drop_contaminants},
+    )
     if kind == "PeptideGroups":
         names = {
             "protein": "Master Protein Accessions",
@@ -84,16 +88,18 @@ def read_proteome_discoverer(
         names = {"protein": "Accession", "description": "Description", "master": "Master"}
     names["contaminant"] = find_column(columns, "Contaminant")
     names = {k: c for k, c in names.items() if c is not None and c in columns}
-    frame = load_columns(os.fspath(path), sep=sep, names=names, values=list(samples.values()),
-                         reading=reading)  # fmt: skip
+    frame = load_columns(
+        os.fspath(path), sep=sep, names=names, values=list(samples.values()), reading=reading
+    )
     if "contaminant" in frame:
         frame["contaminant"] = frame["contaminant"].str.lower().eq("true")
         if drop_contaminants:
             frame = reading.drop(frame, frame["contaminant"].to_numpy(), "contaminant")
     if master_only and "master" in frame:
         reading.options["master_only"] = True
-        frame = reading.drop(frame, frame["master"].ne("IsMasterProtein").to_numpy(),
-                             "not a master protein")  # fmt: skip
+        frame = reading.drop(
+            frame, frame["master"].ne("IsMasterProtein").to_numpy(), "not a master protein"
+        )
     var = frame[[c for c in names if c in frame]]
     obs = pd.DataFrame({"label": pd.Series(labels)}).loc[list(samples)]
     adata = wide_to_anndata(frame, samples, var, source=path, obs=obs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 from anndata import AnnData
 
@@ -13,6 +14,7 @@ from ._assemble import (
     DECOY_PREFIXES,
     Reading,
     all_prefixed,
+    finish_level,
     load_columns,
     prefixed,
     run_name,
@@ -28,6 +30,7 @@ _FIXED = ("peptide", "charge", "proteins", "q_value", "score", "spectral_angle")
 def read_sage(
     path: str | os.PathLike,
     *,
+    level: Literal["precursor", "peptide"] = "precursor",
     q_value: float | None = 0.01,
     drop_contaminants: bool = True,
     contaminant_prefixes: Sequence[str] = CONTAMINANT_PREFIXES,
@@ -39,6 +42,9 @@ def read_sage(
     ----------
     path
         ``lfq.tsv`` (tab-separated).
+    level
+        ``"precursor"`` (default; Sage's rows) or ``"peptide"`` (a peptide's charge states and
+        modified forms summed).
     q_value
         Keep rows with ``q_value`` ≤ this (Sage's peptide-level q-value after match between
         runs); ``None`` keeps all.
@@ -61,13 +67,23 @@ def read_sage(
     columns, sep = read_header(path, sep="\t")
     if not _detect(Header(path, tuple(columns))):
         raise ValueError(f"{path}: not a Sage lfq.tsv (columns: {format_names(columns, 12)})")
-    reading = Reading("read_sage", os.fspath(path), "Sage lfq.tsv",
-                      {"q_value": q_value, "drop_contaminants": drop_contaminants})  # fmt: skip
+    reading = Reading(
+        "read_sage",
+        os.fspath(path),
+        "Sage lfq.tsv",
+        {"level": level, "q_value": q_value, "drop_contaminants": drop_contaminants},
+    )
     samples = {run_name(c): c for c in columns if c not in _FIXED}
     names = {k: k for k in ("peptide", "charge", "q_value") if k in columns}
     names["protein"] = "proteins"
-    frame = load_columns(os.fspath(path), sep=sep, names=names, values=list(samples.values()),
-                         numeric=("charge", "q_value"), reading=reading)  # fmt: skip
+    frame = load_columns(
+        os.fspath(path),
+        sep=sep,
+        names=names,
+        values=list(samples.values()),
+        numeric=("charge", "q_value"),
+        reading=reading,
+    )
     frame = reading.drop(frame, all_prefixed(frame["protein"], tuple(decoy_prefixes)), "decoy")
     if q_value is not None:
         q = numeric_frame(frame[["q_value"]], source=path)["q_value"]
@@ -82,8 +98,7 @@ def read_sage(
     if "charge" in adata.var:
         key = key + "/" + adata.var["charge"].astype(int).astype(str)
     adata.var_names = unique_names(key, adata.var["protein"], source=path)
-    level = "precursor" if "charge" in adata.var else "peptide"
-    return reading.finish(adata, level=level, value="Sage intensity")
+    return finish_level(adata, level, reading, value="Sage intensity", source=path)
 
 
 def _detect(header: Header) -> bool:

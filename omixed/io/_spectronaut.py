@@ -17,8 +17,12 @@ from ._table import find_column, format_names, numeric_frame, read_delimited, re
 _PROTEIN = ("PG.ProteinGroups", "PG.ProteinAccessions")
 _PRECURSOR = ("EG.PrecursorId", "FG.Id")
 _DEFAULT_QUANTITY = {"precursor": "FG.Quantity", "peptide": "FG.Quantity", "protein": "PG.Quantity"}
-_ANNOTATIONS = {"genes": "PG.Genes", "protein_accessions": "PG.ProteinAccessions",
-                "modified_sequence": "EG.ModifiedSequence", "charge": "FG.Charge"}  # fmt: skip
+_ANNOTATIONS = {
+    "genes": "PG.Genes",
+    "protein_accessions": "PG.ProteinAccessions",
+    "modified_sequence": "EG.ModifiedSequence",
+    "charge": "FG.Charge",
+}
 
 
 def read_spectronaut(
@@ -76,14 +80,27 @@ def read_spectronaut(
         )
     quantity = quantity or _DEFAULT_QUANTITY[level]
     reading = Reading(
-        "read_spectronaut", os.fspath(path), "Spectronaut report",
-        {"level": level, "quantity": quantity, "q_value": q_value, "pg_q_value": pg_q_value,
-         "drop_contaminants": drop_contaminants},
-    )  # fmt: skip
+        "read_spectronaut",
+        os.fspath(path),
+        "Spectronaut report",
+        {
+            "level": level,
+            "quantity": quantity,
+            "q_value": q_value,
+            "pg_q_value": pg_q_value,
+            "drop_contaminants": drop_contaminants,
+        },
+    )
     protein = find_column(columns, *_PROTEIN)
-    names = {"run": "R.FileName", "protein": protein, "peptide": "PEP.StrippedSequence",
-             "precursor": find_column(columns, *_PRECURSOR), "condition": "R.Condition",
-             "replicate": "R.Replicate", **_ANNOTATIONS}  # fmt: skip
+    names = {
+        "run": "R.FileName",
+        "protein": protein,
+        "peptide": "PEP.StrippedSequence",
+        "precursor": find_column(columns, *_PRECURSOR),
+        "condition": "R.Condition",
+        "replicate": "R.Replicate",
+        **_ANNOTATIONS,
+    }
     names = {k: c for k, c in names.items() if c in columns}
     for key in ("peptide", "precursor"):
         if key not in names and level != "protein":
@@ -96,12 +113,17 @@ def read_spectronaut(
         wanted.append("F.ExcludedFromQuantification")
     missing = [c for c in (quantity, *extra) if c not in columns]
     if missing:
-        raise KeyError(f"{path}: missing column(s) {format_names(missing)} "
-                       f"(columns: {format_names(columns, 12)})")  # fmt: skip
+        raise KeyError(
+            f"{path}: missing column(s) {format_names(missing)} "
+            f"(columns: {format_names(columns, 12)})"
+        )
     text = [c for k, c in names.items() if k not in ("charge", "replicate")]
-    frame = read_delimited(path, sep=sep, usecols=[c for c in dict.fromkeys(wanted)
-                                                   if c in columns],
-                           dtype=dict.fromkeys(text, str))  # fmt: skip
+    frame = read_delimited(
+        path,
+        sep=sep,
+        usecols=[c for c in dict.fromkeys(wanted) if c in columns],
+        dtype=dict.fromkeys(text, str),
+    )
     reading.rows_read = len(frame)
     frame = frame.rename(columns={c: k for k, c in names.items()})
     frame["run"] = frame["run"].map(run_name)
@@ -140,9 +162,15 @@ def read_spectronaut(
         annotations = {k: k for k in ("genes", "protein_accessions") if k in frame}
     frame["value"] = frame.pop(quantity)
     adata = long_to_anndata(
-        frame, sample="run", feature=feature, value="value", annotations=annotations,
-        aggregate=aggregate, samples=runs, source=path,
-    )  # fmt: skip
+        frame,
+        sample="run",
+        feature=feature,
+        value="value",
+        annotations=annotations,
+        aggregate=aggregate,
+        samples=runs,
+        source=path,
+    )
     for key in ("condition", "replicate"):
         if key in frame:
             adata.obs[key] = frame.groupby("run")[key].first().reindex(adata.obs_names).to_numpy()
