@@ -13,12 +13,12 @@ from ._assemble import (
     Reading,
     finish_level,
     load_columns,
-    prefixed,
+    unrecognised,
     wide_to_anndata,
 )
 from ._long import unique_names
 from ._registry import Format, Header, register
-from ._table import format_names, read_header
+from ._table import read_header
 
 # annotation columns of the precursor matrix (AlphaDIA 1.x); every other column is a run
 _PRECURSOR = (
@@ -70,9 +70,7 @@ def read_alphadia(
     columns, sep = read_header(path, sep="\t")
     kind = _detect_kind(Header(path, tuple(columns)))
     if kind is None:
-        raise ValueError(
-            f"{path}: not an AlphaDIA precursor or pg matrix (columns: {format_names(columns, 12)})"
-        )
+        raise unrecognised(path, "an AlphaDIA precursor or pg matrix", columns)
     reading = Reading(
         "read_alphadia",
         os.fspath(path),
@@ -85,7 +83,7 @@ def read_alphadia(
         frame = load_columns(
             os.fspath(path), sep=sep, names={"protein": "pg"}, values=list(samples), reading=reading
         )
-        frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
+        frame = reading.drop_prefixed(frame, frame["protein"], prefixes, "contaminant")
         adata = wide_to_anndata(frame, samples, frame[["protein"]], source=path)
         adata.var_names = adata.var["protein"].to_numpy()
         return reading.finish(adata, level="protein", value="AlphaDIA pg intensity")
@@ -112,7 +110,7 @@ def read_alphadia(
     )
     if "decoy" in frame:
         frame = reading.drop(frame, frame.pop("decoy").fillna(0).ne(0).to_numpy(), "decoy")
-    frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
+    frame = reading.drop_prefixed(frame, frame["protein"], prefixes, "contaminant")
     var = frame[[c for c in ("protein", "peptide", "mods", "charge", "id") if c in frame]]
     adata = wide_to_anndata(frame, samples, var, source=path)
     key = adata.var["peptide"].astype(str)

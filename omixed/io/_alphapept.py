@@ -14,12 +14,12 @@ from ._assemble import (
     Reading,
     finish_level,
     load_columns,
-    prefixed,
+    unrecognised,
     wide_to_anndata,
 )
 from ._long import long_to_anndata, unique_names
 from ._registry import Format, Header, register
-from ._table import find_column, format_names, read_header, require_column
+from ._table import find_column, read_header, require_column
 
 _QUANTITIES = ("ms1_int_sum_apex_dn", "ms1_int_sum_apex", "int_sum_dn", "int_sum")
 
@@ -86,15 +86,12 @@ def read_alphapept(
             values=list(samples.values()),
             reading=reading,
         )
-        frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
+        frame = reading.drop_prefixed(frame, frame["protein"], prefixes, "contaminant")
         adata = wide_to_anndata(frame, samples, frame[["protein"]], source=path)
         adata.var_names = adata.var["protein"].to_numpy()
         return reading.finish(adata, level="protein", value="LFQ" if lfq else "intensity")
     if not _detect_results(header):
-        raise ValueError(
-            f"{path}: not an AlphaPept results or protein table "
-            f"(columns: {format_names(columns, 12)})"
-        )
+        raise unrecognised(path, "an AlphaPept results or protein table", columns)
     quantity = quantity or next((q for q in _QUANTITIES if q in columns), _QUANTITIES[0])
     reading = Reading(
         "read_alphapept",
@@ -122,7 +119,7 @@ def read_alphapept(
     )
     if "decoy" in frame:
         frame = reading.drop(frame, frame["decoy"].str.lower().eq("true").to_numpy(), "decoy")
-    frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
+    frame = reading.drop_prefixed(frame, frame["protein"], prefixes, "contaminant")
     frame["value"] = frame.pop(quantity)
     repeated = frame.duplicated(["run", "modified_sequence", "charge"]).sum()
     if repeated:

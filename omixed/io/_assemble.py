@@ -90,6 +90,17 @@ class Reading:
             )
         return self.drop(frame, empty, f"no {what} ({column!r} empty)")
 
+    def drop_prefixed(
+        self, frame: pd.DataFrame, ids: pd.Series, prefixes: Sequence[str], reason: str
+    ) -> pd.DataFrame:
+        """Drop rows with an id (of ';'-separated ``ids``) starting with one of ``prefixes``."""
+        return self.drop(frame, prefixed(ids, prefixes), reason)
+
+    def keep_at_most(self, frame: pd.DataFrame, column: str, threshold: float) -> pd.DataFrame:
+        """Keep rows with ``column`` ≤ ``threshold`` (a q-value filter); others are counted."""
+        values = numeric_frame(frame[[column]], source=self.path)[column]
+        return self.drop(frame, ~(values <= threshold).to_numpy(), f"{column} > {threshold}")
+
     def finish(self, adata: AnnData, *, level: str, value: str) -> AnnData:
         """Check the result has the shared shape and attach ``uns["source"]``."""
         if adata.n_vars == 0:
@@ -148,6 +159,27 @@ def _storable(value: object) -> object:
     if isinstance(value, bool | int | float | str):
         return value
     return str(value)
+
+
+def unrecognised(path: object, what: str, columns: Sequence[str]) -> ValueError:
+    """The error for a file that is not the layout a tool reader expects."""
+    return ValueError(f"{path}: not {what} (columns: {format_names(columns, 12)})")
+
+
+def choose_level(path: object, what: str, level: str | None, allowed: Sequence[str]) -> str:
+    """``level``, or the first allowed one by default; refuse a level this file does not have."""
+    level = level or allowed[0]
+    if level not in allowed:
+        raise ValueError(f"{path} is {what}: level must be one of {tuple(allowed)}, got {level!r}")
+    return level
+
+
+def per_run(adata: AnnData, frame: pd.DataFrame, run: str, keys: Sequence[str]) -> None:
+    """Copy run-level columns of a long table (condition, replicate, ...) into ``obs``."""
+    runs = frame[run].astype(str)
+    for key in keys:
+        if key in frame:
+            adata.obs[key] = frame.groupby(runs)[key].first().reindex(adata.obs_names).to_numpy()
 
 
 def wide_to_anndata(

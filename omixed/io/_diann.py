@@ -13,9 +13,10 @@ from anndata import AnnData
 from ._assemble import (
     CONTAMINANT_PREFIXES,
     Reading,
-    prefixed,
+    choose_level,
     run_name,
     sum_features,
+    unrecognised,
     wide_to_anndata,
 )
 from ._long import long_to_anndata, unique_names
@@ -135,20 +136,13 @@ def read_diann(
     header = _header(path)
     kind = _detect_kind(header)
     if kind is None:
-        raise ValueError(
-            f"{path}: not a DIA-NN report, pr_matrix or pg_matrix "
-            f"(columns: {format_names(header.columns, 12)})"
-        )
+        raise unrecognised(path, "a DIA-NN report, pr_matrix or pg_matrix", header.columns)
     allowed = {
         "report": ("peptide", "precursor", "protein"),
         "pr_matrix": ("precursor", "peptide"),
         "pg_matrix": ("protein",),
     }[kind]
-    level = level or allowed[0]
-    if level not in allowed:
-        raise ValueError(
-            f"{path} is a DIA-NN {kind}: level must be one of {allowed}, got {level!r}"
-        )
+    level = choose_level(path, f"a DIA-NN {kind}", level, allowed)
     options = {
         "level": level,
         "quantity": quantity,
@@ -243,13 +237,12 @@ def _read_report(
         decoy = pd.to_numeric(frame["Decoy"], errors="coerce").fillna(0).ne(0).to_numpy()
         frame = reading.drop(frame, decoy, "decoy")
     for column, threshold in filters.items():
-        values = numeric_frame(frame[[column]], source=path)[column]
-        frame = reading.drop(frame, ~(values <= threshold).to_numpy(), f"{column} > {threshold}")
+        frame = reading.keep_at_most(frame, column, threshold)
     if proteotypic:
         not_unique = pd.to_numeric(frame["Proteotypic"], errors="coerce").fillna(0).eq(0)
         frame = reading.drop(frame, not_unique.to_numpy(), "not proteotypic")
     ids = frame["Protein.Ids"] if "Protein.Ids" in frame else frame["Protein.Group"]
-    frame = reading.drop(frame, prefixed(ids, prefixes), "contaminant")
+    frame = reading.drop_prefixed(frame, ids, prefixes, "contaminant")
 
     frame = frame.rename(
         columns={
@@ -343,7 +336,7 @@ def _read_matrix(
         require_column(columns, "Proteotypic", source=path)
         frame = reading.drop(frame, frame["Proteotypic"].eq(0).to_numpy(), "not proteotypic")
     ids = frame["Protein.Ids"] if "Protein.Ids" in frame else frame["Protein.Group"]
-    frame = reading.drop(frame, prefixed(ids, prefixes), "contaminant")
+    frame = reading.drop_prefixed(frame, ids, prefixes, "contaminant")
     var = frame[list(names.values())].set_axis(list(names), axis=1)
     adata = wide_to_anndata(frame, value_columns, var, source=path)
     adata.obs["file"] = list(value_columns.values())

@@ -15,9 +15,10 @@ from ._assemble import (
     DECOY_PREFIXES,
     Reading,
     all_prefixed,
-    prefixed,
+    choose_level,
     run_name,
     sum_features,
+    unrecognised,
     wide_to_anndata,
 )
 from ._long import long_to_anndata, unique_names
@@ -99,10 +100,7 @@ def read_fragpipe(
     columns, sep = read_header(path, sep="\t")
     kind = _detect_kind(Header(path, tuple(columns)))
     if kind is None:
-        raise ValueError(
-            f"{path}: not a FragPipe combined_ion/peptide/protein or psm.tsv table "
-            f"(columns: {format_names(columns, 12)})"
-        )
+        raise unrecognised(path, "a FragPipe combined_ion/peptide/protein or psm.tsv", columns)
     allowed = {
         "combined_ion": ("precursor", "modified_peptide", "peptide"),
         "combined_modified_peptide": ("modified_peptide", "peptide"),
@@ -110,9 +108,7 @@ def read_fragpipe(
         "combined_protein": ("protein",),
         "psm": ("precursor", "peptide"),
     }[kind]
-    level = level or allowed[0]
-    if level not in allowed:
-        raise ValueError(f"{path} is a FragPipe {kind}: level must be one of {allowed}")
+    level = choose_level(path, f"a FragPipe {kind}", level, allowed)
     if psm_aggregate not in ("max", "sum"):
         raise ValueError(f"psm_aggregate must be 'max' or 'sum', got {psm_aggregate!r}")
     options = {"level": level, "intensity": intensity, "drop_contaminants": drop_contaminants}
@@ -197,7 +193,7 @@ def _drop_flagged(
     frame: pd.DataFrame, contaminants: tuple[str, ...], decoys: tuple[str, ...], reading: Reading
 ) -> pd.DataFrame:
     frame = reading.drop(frame, all_prefixed(frame["protein"], decoys), "decoy")
-    return reading.drop(frame, prefixed(frame["protein"], contaminants), "contaminant")
+    return reading.drop_prefixed(frame, frame["protein"], contaminants, "contaminant")
 
 
 def _finish(

@@ -8,7 +8,7 @@ from typing import Literal
 import pandas as pd
 from anndata import AnnData
 
-from ._assemble import Reading, sample_columns, wide_to_anndata
+from ._assemble import Reading, sample_columns, unrecognised, wide_to_anndata
 from ._long import long_to_anndata, unique_names
 from ._registry import Format, Header, register
 from ._table import find_column, format_names, read_delimited, read_header, require_column
@@ -84,9 +84,8 @@ def read_maxquant(
     detected = _detect_kind(Header(path, tuple(columns)))
     if kind is None:
         if detected is None:
-            raise ValueError(
-                f"{path}: not a MaxQuant peptides.txt, evidence.txt or proteinGroups.txt "
-                f"(columns: {format_names(columns, 12)})"
+            raise unrecognised(
+                path, "a MaxQuant peptides.txt, evidence.txt or proteinGroups.txt", columns
             )
         kind = detected
     elif kind not in _KINDS:

@@ -10,10 +10,17 @@ from typing import Literal
 import pandas as pd
 from anndata import AnnData
 
-from ._assemble import CONTAMINANT_PREFIXES, Reading, finish_level, load_columns, prefixed
+from ._assemble import (
+    CONTAMINANT_PREFIXES,
+    Reading,
+    finish_level,
+    load_columns,
+    per_run,
+    unrecognised,
+)
 from ._long import long_to_anndata, unique_names
 from ._registry import Format, Header, register
-from ._table import find_column, format_names, read_header, require_column
+from ._table import find_column, read_header, require_column
 
 
 def read_msstats(
@@ -55,7 +62,7 @@ def read_msstats(
     """
     columns, sep = read_header(path)
     if not _detect(Header(path, tuple(columns))):
-        raise ValueError(f"{path}: not in MSstats format (columns: {format_names(columns, 12)})")
+        raise unrecognised(path, "in MSstats format", columns)
     reading = Reading(
         "read_msstats",
         os.fspath(path),
@@ -82,7 +89,7 @@ def read_msstats(
     if label is not None and "label" in frame:
         frame = reading.drop(frame, frame["label"].ne(label).to_numpy(), f"label not {label!r}")
     prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
-    frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
+    frame = reading.drop_prefixed(frame, frame["protein"], prefixes, "contaminant")
     frame["peptide"] = frame["modified_sequence"].map(
         lambda s: re.sub(r"\[[^]]*\]|\([^)]*\)|[^A-Z]", "", s)
     )
@@ -100,10 +107,7 @@ def read_msstats(
         samples=pd.unique(frame["run"].astype(str)),
         source=path,
     )
-    for key in ("condition", "bio_replicate", "reference"):
-        if key in frame:
-            per_run = frame.groupby(frame["run"].astype(str))[key].first()
-            adata.obs[key] = per_run.reindex(adata.obs_names).to_numpy()
+    per_run(adata, frame, "run", ["condition", "bio_replicate", "reference"])
     key = adata.var["modified_sequence"] + "/" + adata.var["charge"].astype(int).astype(str)
     if label is None:
         key = key + "/" + adata.var["label"].astype(str)

@@ -16,13 +16,13 @@ from ._assemble import (
     all_prefixed,
     finish_level,
     load_columns,
-    prefixed,
     run_name,
+    unrecognised,
     wide_to_anndata,
 )
 from ._long import unique_names
 from ._registry import Format, Header, register
-from ._table import find_column, format_names, read_header
+from ._table import find_column, read_header
 
 _AREAS = (" Normalized Area", " Area")
 
@@ -64,7 +64,7 @@ def read_peaks(
     """
     columns, sep = read_header(path)
     if not _detect(Header(path, tuple(columns))):
-        raise ValueError(f"{path}: not a PEAKS LFQ table (columns: {format_names(columns, 12)})")
+        raise unrecognised(path, "a PEAKS LFQ table", columns)
     chosen = " " + area if area else next(s for s in _AREAS if _samples(columns, s))
     samples = _samples(columns, chosen)
     if not samples:
@@ -91,7 +91,7 @@ def read_peaks(
     )
     frame = reading.drop(frame, all_prefixed(frame["protein"], tuple(decoy_prefixes)), "decoy")
     prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
-    frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
+    frame = reading.drop_prefixed(frame, frame["protein"], prefixes, "contaminant")
     # PEAKS writes modifications as "(+15.99)" inside the sequence
     frame["peptide"] = frame["modified_sequence"].map(lambda s: re.sub(r"\([^)]*\)|[^A-Z]", "", s))
     var = frame[[c for c in ("protein", "peptide", "modified_sequence", "charge") if c in frame]]

@@ -9,10 +9,10 @@ from typing import Literal
 import pandas as pd
 from anndata import AnnData
 
-from ._assemble import Reading, load_columns, wide_to_anndata
+from ._assemble import Reading, load_columns, unrecognised, wide_to_anndata
 from ._long import unique_names
 from ._registry import Format, Header, register
-from ._table import find_column, format_names, read_header
+from ._table import find_column, read_header
 
 # "Abundance: F1: Sample, ConditionA", "Abundances (Normalized): F1: Sample, ConditionA",
 # PD 2.4 exports without punctuation: "Abundances Normalized F1 Sample"
@@ -59,10 +59,7 @@ def read_proteome_discoverer(
     header = Header(path, tuple(columns))
     kind = _detect_kind(header)
     if kind is None:
-        raise ValueError(
-            f"{path}: not a Proteome Discoverer PeptideGroups or Proteins table "
-            f"(columns: {format_names(columns, 12)})"
-        )
+        raise unrecognised(path, "a Proteome Discoverer PeptideGroups or Proteins table", columns)
     samples, labels = {}, {}
     for column in columns:
         match = _ABUNDANCE.match(column)

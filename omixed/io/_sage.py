@@ -16,13 +16,13 @@ from ._assemble import (
     all_prefixed,
     finish_level,
     load_columns,
-    prefixed,
     run_name,
+    unrecognised,
     wide_to_anndata,
 )
 from ._long import unique_names
 from ._registry import Format, Header, register
-from ._table import format_names, numeric_frame, read_header
+from ._table import read_header
 
 _FIXED = ("peptide", "charge", "proteins", "q_value", "score", "spectral_angle")
 
@@ -66,7 +66,7 @@ def read_sage(
     """
     columns, sep = read_header(path, sep="\t")
     if not _detect(Header(path, tuple(columns))):
-        raise ValueError(f"{path}: not a Sage lfq.tsv (columns: {format_names(columns, 12)})")
+        raise unrecognised(path, "a Sage lfq.tsv", columns)
     reading = Reading(
         "read_sage",
         os.fspath(path),
@@ -86,10 +86,9 @@ def read_sage(
     )
     frame = reading.drop(frame, all_prefixed(frame["protein"], tuple(decoy_prefixes)), "decoy")
     if q_value is not None:
-        q = numeric_frame(frame[["q_value"]], source=path)["q_value"]
-        frame = reading.drop(frame, ~(q <= q_value).to_numpy(), f"q_value > {q_value}")
+        frame = reading.keep_at_most(frame, "q_value", q_value)
     prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
-    frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
+    frame = reading.drop_prefixed(frame, frame["protein"], prefixes, "contaminant")
     frame["modified_sequence"] = frame["peptide"]
     frame["peptide"] = frame["peptide"].map(lambda s: re.sub(r"\[[^]]*\]|[^A-Z]", "", s))
     var = frame[[c for c in ("protein", "peptide", "modified_sequence", "charge") if c in frame]]

@@ -9,10 +9,10 @@ from typing import Literal
 import pandas as pd
 from anndata import AnnData
 
-from ._assemble import CONTAMINANT_PREFIXES, Reading, prefixed, run_name, sum_features
+from ._assemble import CONTAMINANT_PREFIXES, Reading, per_run, run_name, sum_features, unrecognised
 from ._long import long_to_anndata, unique_names
 from ._registry import Format, Header, register
-from ._table import find_column, format_names, numeric_frame, read_delimited, read_header
+from ._table import find_column, format_names, read_delimited, read_header
 
 _PROTEIN = ("PG.ProteinGroups", "PG.ProteinAccessions")
 _PRECURSOR = ("EG.PrecursorId", "FG.Id")
@@ -74,9 +74,8 @@ def read_spectronaut(
     columns, sep = read_header(path, sep=sep)
     header = Header(path, tuple(columns))
     if not _detect(header):
-        raise ValueError(
-            f"{path}: not a Spectronaut report (needs 'R.FileName', 'PG.ProteinGroups' and "
-            f"'EG.PrecursorId'; columns: {format_names(columns, 12)})"
+        raise unrecognised(
+            path, "a Spectronaut report (R.FileName, PG.ProteinGroups, ...)", columns
         )
     quantity = quantity or _DEFAULT_QUANTITY[level]
     reading = Reading(
@@ -132,10 +131,9 @@ def read_spectronaut(
     if "EG.IsDecoy" in frame:
         frame = reading.drop(frame, frame["EG.IsDecoy"].astype(str).str.lower().eq("true"), "decoy")
     for column, threshold in extra.items():
-        values = numeric_frame(frame[[column]], source=path)[column]
-        frame = reading.drop(frame, ~(values <= threshold).to_numpy(), f"{column} > {threshold}")
+        frame = reading.keep_at_most(frame, column, threshold)
     prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
-    frame = reading.drop(frame, prefixed(frame["protein"], prefixes), "contaminant")
+    frame = reading.drop_prefixed(frame, frame["protein"], prefixes, "contaminant")
     feature = {"protein": ["protein"]}.get(level, ["precursor"])
     if fragment:
         used = ~frame["F.ExcludedFromQuantification"].astype(str).str.lower().eq("true")
@@ -171,9 +169,7 @@ def read_spectronaut(
         samples=runs,
         source=path,
     )
-    for key in ("condition", "replicate"):
-        if key in frame:
-            adata.obs[key] = frame.groupby("run")[key].first().reindex(adata.obs_names).to_numpy()
+    per_run(adata, frame, "run", ["condition", "replicate"])
     if level == "peptide":
         adata = sum_features(adata, ["protein", "peptide"], keep=["genes", "protein_accessions"])
         adata.var_names = unique_names(adata.var["peptide"], adata.var["protein"], source=path)
