@@ -217,15 +217,9 @@ def test_posterior_scale_matches_combat_it_sol():
     prior = _correct.Prior(np.array([g_bar]), np.array([t2]), np.array([a]), np.array([b]))
     n = np.full((30, 1), 7.0)
     g, d = _correct.posterior_scale(
-        g_hat[:, None],
-        1 / n,
-        prior,
-        n,
-        z.sum(axis=1, keepdims=True),
-        (z**2).sum(axis=1, keepdims=True),
-        d_hat[:, None],
-        tol=1e-13,
-    )
+        g_hat[:, None], 1 / n, prior, n, z.sum(axis=1, keepdims=True),
+        (z**2).sum(axis=1, keepdims=True), d_hat[:, None], tol=1e-13,
+    )  # fmt: skip
     np.testing.assert_allclose(g[:, 0], ref_g, rtol=1e-9)
     np.testing.assert_allclose(d[:, 0], ref_d, rtol=1e-9)
 

@@ -24,22 +24,8 @@ from scipy import optimize
 from omixed.tl._meta import meta
 
 DATA = Path(__file__).parent / "data"
-COLUMNS = [
-    "estimate",
-    "se",
-    "stat",
-    "pvalue",
-    "ci_low",
-    "ci_high",
-    "tau2",
-    "Q",
-    "Q_pvalue",
-    "I2",
-    "H2",
-    "k",
-    "df",
-    "converged",
-]
+COLUMNS = ["estimate", "se", "stat", "pvalue", "ci_low", "ci_high", "tau2", "Q", "Q_pvalue",
+           "I2", "H2", "k", "df", "converged"]  # fmt: skip
 
 
 def bcg() -> tuple[np.ndarray, np.ndarray]:
@@ -84,25 +70,11 @@ def test_bcg_effect_sizes_match_escalc():
 
 # metafor's printed rma(yi, vi, method=...) output on dat.bcg, 4 decimals
 BCG_METAFOR = {
-    "reml": {
-        "tau2": 0.3132,
-        "estimate": -0.7145,
-        "se": 0.1798,
-        "stat": -3.9744,
-        "ci_low": -1.0669,
-        "ci_high": -0.3622,
-        "Q": 152.2330,
-    },
-    "dl": {
-        "tau2": 0.3088,
-        "estimate": -0.7141,
-        "se": 0.1787,
-        "stat": -3.9952,
-        "ci_low": -1.0644,
-        "ci_high": -0.3638,
-        "I2": 92.1173,
-    },
-}
+    "reml": {"tau2": 0.3132, "estimate": -0.7145, "se": 0.1798, "stat": -3.9744,
+             "ci_low": -1.0669, "ci_high": -0.3622, "Q": 152.2330},
+    "dl": {"tau2": 0.3088, "estimate": -0.7141, "se": 0.1787, "stat": -3.9952,
+           "ci_low": -1.0644, "ci_high": -0.3638, "I2": 92.1173},
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("method", list(BCG_METAFOR))
@@ -175,58 +147,18 @@ def test_bcg_knapp_hartung_se():
 
 VIECHTBAUER_2005 = {  # (yi, vi), {method: (tau2, I2, H2)}
     "example1": (
-        (
-            [-0.581, 0.530, 0.771, 1.031, 0.553, 0.295, 0.078, 0.573, -0.176, -0.232],
-            [0.023, 0.052, 0.060, 0.115, 0.095, 0.203, 0.200, 0.211, 0.051, 0.040],
-        ),
+        ([-0.581, 0.530, 0.771, 1.031, 0.553, 0.295, 0.078, 0.573, -0.176, -0.232],
+         [0.023, 0.052, 0.060, 0.115, 0.095, 0.203, 0.200, 0.211, 0.051, 0.040]),
         {"dl": (0.277, 80.44, 5.11), "reml": (0.223, 76.84, 4.32), "pm": (0.192, 74.05, 3.85)},
     ),
     "example2": (
-        (
-            [
-                0.100,
-                -0.162,
-                -0.090,
-                -0.049,
-                -0.046,
-                -0.010,
-                -0.431,
-                -0.261,
-                0.134,
-                0.019,
-                0.175,
-                0.056,
-                0.045,
-                0.103,
-                0.121,
-                -0.482,
-                0.290,
-                0.342,
-            ],
-            [
-                0.016,
-                0.015,
-                0.050,
-                0.050,
-                0.032,
-                0.052,
-                0.036,
-                0.024,
-                0.034,
-                0.033,
-                0.031,
-                0.034,
-                0.039,
-                0.167,
-                0.134,
-                0.096,
-                0.016,
-                0.035,
-            ],
-        ),
+        ([0.100, -0.162, -0.090, -0.049, -0.046, -0.010, -0.431, -0.261, 0.134, 0.019, 0.175,
+          0.056, 0.045, 0.103, 0.121, -0.482, 0.290, 0.342],
+         [0.016, 0.015, 0.050, 0.050, 0.032, 0.052, 0.036, 0.024, 0.034, 0.033, 0.031, 0.034,
+          0.039, 0.167, 0.134, 0.096, 0.016, 0.035]),
         {"dl": (0.013, 27.53, 1.38), "reml": (0.016, 32.02, 1.47), "pm": (0.010, 23.72, 1.31)},
     ),
-}
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("example", sorted(VIECHTBAUER_2005))
@@ -281,11 +213,9 @@ def test_vectorized_rows_equal_single_feature_calls(method, knapp_hartung):
 def reml_reference(yi: np.ndarray, vi: np.ndarray) -> float:
     """REML τ² by scipy's bounded scalar minimizer, with the boundary checked separately."""
     ref = optimize.minimize_scalar(
-        lambda t: -reml_loglik(yi, vi, t),
-        bounds=(0, 20),
-        method="bounded",
+        lambda t: -reml_loglik(yi, vi, t), bounds=(0, 20), method="bounded",
         options={"xatol": 1e-12},
-    )
+    )  # fmt: skip
     return ref.x if -ref.fun > reml_loglik(yi, vi, 0.0) else 0.0
 
 
@@ -309,12 +239,10 @@ def test_reml_maximizes_restricted_likelihood():
         # plain Fisher scoring oscillates around τ² ≈ 0.0084 for hundreds of iterations
         ([-0.231, -0.1275, -0.5173, -0.108, -0.2804], [0.3797, 0.3537, 0.1041, 0.4248, 0.3345]),
         # ℓ_R is convex between the DL start and its maximum at 0: Fisher steps crawl
-        (
-            [0.6322, 0.1454, 0.2908, 0.1882, -0.507, 0.103, 0.0819, 0.2541],
-            [0.3764, 0.0698, 0.0889, 0.0614, 0.229, 0.4604, 0.4603, 0.3053],
-        ),
+        ([0.6322, 0.1454, 0.2908, 0.1882, -0.507, 0.103, 0.0819, 0.2541],
+         [0.3764, 0.0698, 0.0889, 0.0614, 0.229, 0.4604, 0.4603, 0.3053]),
     ],
-)
+)  # fmt: skip
 def test_reml_hard_cases_converge_fast(y, se):
     r = meta(np.array(y), np.array(se), method="reml", max_iter=10).iloc[0]
     assert r.converged
@@ -396,14 +324,9 @@ def test_long_and_wide_input_agree():
     wide_y = pd.DataFrame(y, index=pd.Index(features, name="feature"), columns=studies)
     wide_se = pd.DataFrame(se, index=wide_y.index, columns=studies)
     long = (
-        wide_y.stack()
-        .rename("estimate")
-        .to_frame()
-        .join(wide_se.stack().rename("se"))
-        .rename_axis(["feature", "study"])
-        .reset_index()
-        .sample(frac=1, random_state=0)
-    )
+        wide_y.stack().rename("estimate").to_frame().join(wide_se.stack().rename("se"))
+        .rename_axis(["feature", "study"]).reset_index().sample(frac=1, random_state=0)
+    )  # fmt: skip
     wide = meta(wide_y, wide_se)
     from_long = meta(long)
     assert list(wide.index) == features
@@ -432,27 +355,17 @@ def test_index_and_one_dimensional_input():
         ({"estimates": np.ones(2), "ses": np.ones(2), "method": "ml"}, "method must be one of"),
         ({"estimates": np.ones(2), "ses": np.ones(2), "level": 95}, "level"),
         (
-            {
-                "estimates": pd.DataFrame([[1.0]], index=["a"]),
-                "ses": pd.DataFrame([[1.0]], index=["b"]),
-            },
+            {"estimates": pd.DataFrame([[1.0]], index=["a"]),
+             "ses": pd.DataFrame([[1.0]], index=["b"])},
             "identical index",
         ),
         (
-            {
-                "estimates": pd.DataFrame(
-                    {
-                        "feature": ["a", "a"],
-                        "study": ["s", "s"],
-                        "estimate": [1.0, 2.0],
-                        "se": [1.0, 1.0],
-                    }
-                )
-            },
+            {"estimates": pd.DataFrame({"feature": ["a", "a"], "study": ["s", "s"],
+                                        "estimate": [1.0, 2.0], "se": [1.0, 1.0]})},
             "duplicated",
         ),
     ],
-)
+)  # fmt: skip
 def test_bad_input_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         meta(**kwargs)

@@ -13,27 +13,8 @@ from omixed._docs import DOCS, doc_params
 NAMESPACES = ["pp", "tl", "pl", "get", "io", "datasets"]
 # Functions whose first argument is not an AnnData: readers take a path, meta takes estimates,
 # datasets take nothing.
-NOT_ADATA_FIRST = {
-    *(
-        f"io.read{suffix}"
-        for suffix in (
-            "",
-            "_table",
-            "_long",
-            "_maxquant",
-            "_diann",
-            "_fragpipe",
-            "_spectronaut",
-            "_alphadia",
-            "_sage",
-            "_peaks",
-            "_alphapept",
-            "_proteome_discoverer",
-            "_msstats",
-        )
-    ),
-    "tl.meta",
-}
+NOT_ADATA_FIRST = {f"io.{name}" for name in omixed.io.__all__ if name.startswith("read")}
+NOT_ADATA_FIRST.add("tl.meta")
 
 
 def _public():
