@@ -57,7 +57,7 @@ def test_maxquant_peptides_lfq_by_hand():
     assert adata.var.loc["AAGLLSTYR", "proteins"] == "P12345;P12346"
     assert adata.var.loc["AAGLLSTYR", "genes"] == "ALB1;ALB2"
     assert adata.var["peptide"].tolist() == adata.var_names.tolist()
-    assert adata.uns["source"]["dropped_features"] == 2
+    assert adata.uns["source"]["rows_dropped"] == {"flagged reverse": 1, "flagged contaminant": 1}
 
 
 def test_maxquant_keeps_flagged_rows_on_request():
@@ -81,15 +81,19 @@ def test_maxquant_raw_intensity_prefix_ignores_total_column():
     np.testing.assert_array_equal(adata[:, "VLSPADKTNVK"].X.ravel(), [2.4e6, NAN, 2.9e6])
 
 
-def test_maxquant_missing_lfq_lists_prefixes_present(tmp_path):
+def test_maxquant_without_lfq_reads_intensity_and_lists_prefixes(tmp_path):
     no_lfq = rewrite(
         PEPTIDES,
         tmp_path / "peptides.txt",
         lambda f: f.drop(columns=[c for c in f if c.startswith("LFQ")]),
     )
-    with pytest.raises(KeyError, match=r"LFQ intensity <sample>.*'Intensity'"):
-        io.read_maxquant(no_lfq)
-    assert io.read_maxquant(no_lfq, intensity="Intensity").n_obs == 3
+    adata = io.read_maxquant(no_lfq)
+    pd.testing.assert_frame_equal(
+        frame_of(adata), frame_of(io.read_maxquant(PEPTIDES, intensity="Intensity"))
+    )
+    assert adata.uns["source"]["value"] == "Intensity"
+    with pytest.raises(KeyError, match=r"no 'iBAQ <sample>' columns.*'Intensity'"):
+        io.read_maxquant(no_lfq, intensity="iBAQ")
 
 
 def test_maxquant_old_contaminant_column_name(tmp_path):
@@ -115,6 +119,8 @@ def test_maxquant_missing_flag_column_is_an_error_only_when_dropping(tmp_path):
 def test_maxquant_missing_sequence_column(tmp_path):
     broken = rewrite(PEPTIDES, tmp_path / "p.txt", lambda f: f.drop(columns="Sequence"))
     with pytest.raises(KeyError, match=r"missing column 'Sequence'"):
+        io.read_maxquant(broken, kind="peptides")
+    with pytest.raises(ValueError, match=r"not a MaxQuant peptides.txt, evidence.txt or prot"):
         io.read_maxquant(broken)
 
 
@@ -139,12 +145,12 @@ def test_intensity_prefixes():
 
 
 def test_maxquant_kind_detection():
-    assert io.read_maxquant(PEPTIDES, kind=None).uns["source"]["kind"] == "peptides"
-    assert io.read_maxquant(EVIDENCE, kind=None).uns["source"]["kind"] == "evidence"
+    assert io.read_maxquant(PEPTIDES).uns["source"]["format"] == "MaxQuant peptides.txt"
+    assert io.read_maxquant(EVIDENCE).uns["source"]["format"] == "MaxQuant evidence.txt"
     with pytest.raises(ValueError, match=r"looks like MaxQuant evidence.txt"):
-        io.read_maxquant(EVIDENCE)
+        io.read_maxquant(EVIDENCE, kind="peptides")
     with pytest.raises(ValueError, match=r"kind must be"):
-        io.read_maxquant(PEPTIDES, kind="proteinGroups")
+        io.read_maxquant(PEPTIDES, kind="protein_groups")
 
 
 def test_maxquant_truncated_file(tmp_path):
@@ -266,10 +272,9 @@ def test_diann_q_value_thresholds():
     )
 
 
-def test_diann_runs_kept_when_all_rows_filtered():
-    adata = io.read_diann(DIANN, q_value=0.0001)
-    assert adata.shape == (3, 0)
-    assert adata.obs_names.tolist() == ["S1", "S2", "S3"]
+def test_diann_filtering_everything_out_is_an_error():
+    with pytest.raises(ValueError, match=r"no peptide left after filtering \(13 Q.Value > 0.0001"):
+        io.read_diann(DIANN, q_value=0.0001)
 
 
 def test_diann_raw_quantity():
@@ -309,23 +314,16 @@ def test_diann_missing_columns(tmp_path):
     assert io.read_diann(no_pg_q).n_vars == 4
     with pytest.raises(KeyError, match=r"'PG.Q.Value'"):
         io.read_diann(no_pg_q, pg_q_value=0.01)
-    with pytest.raises(ValueError, match=r"level must be"):
-        io.read_diann(DIANN, level="protein")
+    with pytest.raises(ValueError, match=r"level must be one of"):
+        io.read_diann(DIANN, level="fragment")
+    with pytest.raises(ValueError, match=r"'PG.MaxLFQ' differs between rows"):
+        io.read_diann(DIANN, level="protein")  # these hand-made rows are not DIA-NN's
 
 
 def test_diann_duplicated_precursor_is_an_error(tmp_path):
     doubled = rewrite(DIANN, tmp_path / "r.tsv", lambda f: pd.concat([f, f.iloc[[0]]]))
     with pytest.raises(ValueError, match=r"duplicated .*S1, AEFAEVSK2"):
         io.read_diann(doubled, level="precursor")
-
-
-def test_diann_parquet_branch(tmp_path, monkeypatch):
-    """The .parquet path without a parquet engine: pandas' reader replaced by the TSV's content."""
-    parquet = tmp_path / "report.parquet"
-    parquet.touch()
-    report = pd.read_csv(DIANN2, sep="\t")
-    monkeypatch.setattr(pd, "read_parquet", lambda path: report.copy())
-    pd.testing.assert_frame_equal(frame_of(io.read_diann(parquet)), diann_expected())
 
 
 def test_diann_parquet_report(tmp_path):
@@ -523,3 +521,64 @@ def test_join_sample_sheet_names_compared_as_text(tmp_path):
     path.write_text("sample,batch\n01,1\n02,2\n")
     io.join_sample_sheet(adata, path)
     assert adata.obs["batch"].tolist() == [1, 2]
+
+
+# --------------------------------------------------------------------------- issues 16/18
+
+
+def test_semicolon_csv_is_read(tmp_path):
+    """Spreadsheets in many locales save ';'-separated .csv (issue 18: a ufunc TypeError)."""
+    path = tmp_path / "matrix.csv"
+    path.write_text("id;S1;S2\nf1;1.5;2\nf2;3;4\n")
+    np.testing.assert_array_equal(io.read_table(path).X, [[1.5, 3.0], [2.0, 4.0]])
+    with pytest.raises(ValueError, match=r"one column when split at comma.*pass sep=';'"):
+        io.read_table(path, sep=",")
+
+
+def test_read_table_suggests_annotation_cols_for_text_columns(tmp_path):
+    path = tmp_path / "m.tsv"
+    path.write_text("id\tgene\tS1\tS2\nf1\tALB\t1\t2\nf2\tGAPDH\t3\t4\n")
+    with pytest.raises(ValueError, match=r"column 'gene': 'ALB'.*annotation_cols=\['gene'\]"):
+        io.read_table(path)
+    assert io.read_table(path, annotation_cols=["gene"]).var["gene"].tolist() == ["ALB", "GAPDH"]
+
+
+def test_read_table_suggests_orientation_for_a_transposed_table(tmp_path):
+    path = tmp_path / "m.tsv"
+    path.write_text("sample\tf1\tf2\tf3\nS1\t1\t2\t3\nS2\t4\t5\t6\n")
+    with pytest.warns(UserWarning, match=r"2 features × 3 samples.*orientation='samples_x_f"):
+        io.read_table(path)
+    assert io.read_table(path, orientation="samples_x_features").shape == (2, 3)
+
+
+def test_read_table_header_only(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("id,S1,S2\n")
+    with pytest.raises(ValueError, match=r"m.csv has a header but no data rows"):
+        io.read_table(path)
+
+
+def test_sample_sheet_na_is_a_level_in_text_columns(tmp_path):
+    adata = io.read_long(
+        pd.DataFrame({"sample": ["s1", "s2", "s3"], "protein": "P", "peptide": "AAK", "value": 1.0})
+    )
+    sheet = tmp_path / "sheet.tsv"
+    sheet.write_text("sample\tbatch\tage\tnote\ns1\tNA\t34\t\ns2\tb2\tNA\tx\ns3\tNA\t41\t-\n")
+    joined = io.join_sample_sheet(adata, sheet, copy=True)
+    assert joined.obs["batch"].tolist() == ["NA", "b2", "NA"]  # a batch called NA
+    assert list(joined.obs["batch"].cat.categories) == ["NA", "b2"]
+    np.testing.assert_array_equal(joined.obs["age"], [34.0, np.nan, 41.0])  # numeric: missing
+    assert pd.isna(joined.obs.loc["s1", "note"])  # an empty cell is missing
+    pandas_like = io.join_sample_sheet(adata, sheet, keep_default_na=True, copy=True)
+    assert pandas_like.obs["batch"].isna().tolist() == [True, False, True]
+    dashes = io.join_sample_sheet(adata, sheet, na_values=["-"], copy=True)
+    assert dashes.obs["note"].isna().tolist() == [True, False, True]
+
+
+def test_sample_sheet_refuses_one_and_text_one_in_a_column():
+    adata = io.read_long(
+        pd.DataFrame({"sample": ["s1", "s2", "s3"], "protein": "P", "peptide": "AAK", "value": 1.0})
+    )
+    sheet = pd.DataFrame({"sample": ["s1", "s2", "s3"], "batch": [1, "1", 2]})
+    with pytest.raises(ValueError, match=r"column 'batch' holds '1' as int and as str"):
+        io.join_sample_sheet(adata, sheet)

@@ -13,7 +13,8 @@ from omixed._docs import DOCS, doc_params
 NAMESPACES = ["pp", "tl", "pl", "get", "io", "datasets"]
 # Functions whose first argument is not an AnnData: readers take a path, meta takes estimates,
 # datasets take nothing.
-NOT_ADATA_FIRST = {"io.read_maxquant", "io.read_diann", "io.read_long", "io.read_table", "tl.meta"}
+NOT_ADATA_FIRST = {f"io.{name}" for name in omixed.io.__all__ if name.startswith("read")}
+NOT_ADATA_FIRST.add("tl.meta")
 
 
 def _public():

@@ -1,136 +1,175 @@
-"""MaxQuant ``peptides.txt`` and ``evidence.txt`` to peptide-level AnnData."""
+"""MaxQuant (and MaxDIA) ``peptides.txt``, ``evidence.txt`` and ``proteinGroups.txt``."""
 
 from __future__ import annotations
 
 import os
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._long import long_to_anndata
-from ._table import (
-    find_column,
-    format_names,
-    numeric_frame,
-    read_delimited,
-    read_header,
-    require_column,
-)
+from ._assemble import Reading, sample_columns, unrecognised, wide_to_anndata
+from ._long import long_to_anndata, unique_names
+from ._registry import Format, Header, register
+from ._table import find_column, format_names, read_delimited, read_header, require_column
 
+Kind = Literal["peptides", "evidence", "proteinGroups"]
+_KINDS = ("peptides", "evidence", "proteinGroups")
 # column spellings across MaxQuant versions; the first is the current one
-_SEQUENCE = ("Sequence",)
-_RAZOR = ("Leading razor protein",)
-_PROTEINS = ("Proteins",)
-_GENES = ("Gene names",)
-_REVERSE = ("Reverse",)
 _CONTAMINANT = ("Potential contaminant", "Contaminant")
-# evidence.txt has no Experiment column when no experiment design was given
-_SAMPLE = ("Experiment", "Raw file")
+_LEVEL_COLUMNS = {
+    "peptide": ["Sequence"],
+    "modified_peptide": ["Modified sequence"],
+    "precursor": ["Modified sequence", "Charge"],
+}
 
 
 def read_maxquant(
     path: str | os.PathLike,
     *,
-    kind: Literal["peptides", "evidence"] | None = "peptides",
+    kind: Kind | None = None,
     intensity: str | None = None,
+    sample: Literal["experiment", "raw_file"] | None = None,
+    level: Literal["peptide", "modified_peptide", "precursor"] = "peptide",
     drop_contaminants: bool = True,
     drop_reverse: bool = True,
+    drop_only_by_site: bool = True,
     aggregate: Literal["sum", "max"] = "sum",
 ) -> AnnData:
-    """Read MaxQuant ``peptides.txt`` or ``evidence.txt`` into a samples × peptides AnnData.
+    """Read MaxQuant/MaxDIA ``peptides.txt``, ``evidence.txt`` or ``proteinGroups.txt``.
 
     Parameters
     ----------
     path
-        A MaxQuant ``txt/`` output table (tab-separated).
+        A table from MaxQuant's ``txt/`` folder (tab-separated).
     kind
-        ``"peptides"`` (one row per peptide sequence, one intensity column per sample) or
-        ``"evidence"`` (one row per identified feature: peptide × modification × charge × raw file);
-        ``None`` detects it from the columns.
+        ``"peptides"``, ``"evidence"`` or ``"proteinGroups"``; ``None`` (default) tells them apart
+        by their columns.
     intensity
-        For ``peptides``: prefix of the per-sample columns, ``"<prefix> <sample>"``; default
-        ``"LFQ intensity"`` (``"Intensity"`` for the raw intensities, ``"Intensity L"`` for one
-        SILAC channel). For ``evidence``: the value column, default ``"Intensity"``.
-    drop_contaminants, drop_reverse
-        Drop rows flagged ``+`` in ``Potential contaminant`` (``Contaminant`` in old versions) or
-        ``Reverse`` (decoys). The flags are kept in ``var`` as booleans either way.
+        ``peptides``/``proteinGroups``: prefix of the per-sample columns ``"<prefix> <sample>"``;
+        default ``"LFQ intensity"``, or ``"Intensity"`` when the table has no LFQ columns (LFQ
+        off; said in ``uns["source"]["notes"]``). ``"Intensity L"`` etc. pick a SILAC channel.
+        ``evidence``: the value column, default ``"Intensity"``.
+    sample
+        ``evidence`` only. ``"experiment"``: one sample per ``Experiment``, summing its raw files
+        (what MaxQuant's own peptides.txt does, right for fractions); ``"raw_file"``: one sample
+        per run. Default: experiments when each has one raw file or its raw files are fractions
+        (a ``Fraction`` column), otherwise raw files, with a warning — runs are never summed into
+        fewer samples unless asked.
+    level
+        ``evidence`` only: features are peptide sequences (``"peptide"``, as in peptides.txt),
+        modified sequences (``"modified_peptide"``) or modified sequence + charge
+        (``"precursor"``).
+    drop_contaminants, drop_reverse, drop_only_by_site
+        Drop rows flagged ``+`` in ``Potential contaminant`` (``Contaminant`` in old versions),
+        ``Reverse`` (decoys) and, for proteinGroups, ``Only identified by site`` — the filters of
+        Perseus, DEP and protti. The flags stay in ``var`` as booleans either way.
     aggregate
-        ``evidence`` only: how the rows of one peptide sequence in one sample (charge states,
-        modified forms, fractions of one experiment) become one value: ``"sum"`` (summed
-        intensities, what MaxQuant itself reports per peptide) or ``"max"``.
+        ``evidence`` only: how rows of one feature and sample (charge states, modified forms,
+        fractions) are combined: ``"sum"`` (MaxQuant's own peptide intensity) or ``"max"``.
 
     Returns
     -------
-    AnnData with ``obs_names`` = samples (the column suffixes, or ``Experiment`` — ``Raw file`` if
-    no experiments were defined — for evidence) and ``var_names`` = peptide sequences. ``var``
-    holds ``peptide``, ``protein`` (the ``Leading razor protein``), ``proteins`` (all proteins of
-    the peptide), ``genes`` (if present), ``reverse`` and ``contaminant``. Values are intensities on
-    the raw scale; MaxQuant's 0 ("not quantified") is NaN.
+    Samples × peptides (peptides, evidence) or × protein groups (proteinGroups). ``var`` holds
+    ``protein`` (``Leading razor protein``; ``Protein IDs`` for protein groups), ``peptide``
+    for peptide-level data, ``proteins``, ``genes``, ``reverse``, ``contaminant``; ``obs`` the
+    raw files/experiments of evidence. Values are raw intensities, MaxQuant's 0 is NaN.
 
     Examples
     --------
     >>> adata = omixed.io.read_maxquant("txt/peptides.txt")  # doctest: +SKIP
-    >>> adata = omixed.io.read_maxquant("txt/evidence.txt", kind="evidence")  # doctest: +SKIP
+    >>> runs = omixed.io.read_maxquant("txt/evidence.txt", sample="raw_file")  # doctest: +SKIP
     """
     columns, sep = read_header(path, sep="\t")
-    detected = _detect_kind(columns)
+    detected = _detect_kind(Header(path, tuple(columns)))
     if kind is None:
         if detected is None:
-            raise ValueError(
-                f"{path}: cannot tell whether this is peptides.txt or evidence.txt "
-                f"(columns: {format_names(columns)})"
+            raise unrecognised(
+                path, "a MaxQuant peptides.txt, evidence.txt or proteinGroups.txt", columns
             )
         kind = detected
-    elif kind not in ("peptides", "evidence"):
-        raise ValueError(f"kind must be 'peptides', 'evidence' or None, got {kind!r}")
+    elif kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS} or None, got {kind!r}")
     elif detected is not None and detected != kind:
         raise ValueError(f"{path} looks like MaxQuant {detected}.txt, not {kind}.txt (kind=None)")
     if aggregate not in ("sum", "max"):
         raise ValueError(f"aggregate must be 'sum' or 'max', got {aggregate!r}")
-
-    # canonical var name -> file column; optional columns only if present
-    names = {
-        "peptide": require_column(columns, *_SEQUENCE, source=path),
-        "protein": require_column(columns, *_RAZOR, source=path),
-        "proteins": find_column(columns, *_PROTEINS),
-        "genes": find_column(columns, *_GENES),
-        "reverse": _flag_column(columns, _REVERSE, drop_reverse, "drop_reverse", path),
+    if level not in _LEVEL_COLUMNS:
+        raise ValueError(f"level must be one of {tuple(_LEVEL_COLUMNS)}, got {level!r}")
+    if sample not in (None, "experiment", "raw_file"):
+        raise ValueError(f"sample must be 'experiment', 'raw_file' or None, got {sample!r}")
+    reading = Reading(
+        "read_maxquant",
+        os.fspath(path),
+        f"MaxQuant {kind}.txt",
+        {
+            "kind": kind,
+            "intensity": intensity,
+            "drop_contaminants": drop_contaminants,
+            "drop_reverse": drop_reverse,
+        },
+    )
+    flags = {
+        "reverse": _flag_column(columns, ("Reverse",), drop_reverse, "drop_reverse", path),
         "contaminant": _flag_column(
             columns, _CONTAMINANT, drop_contaminants, "drop_contaminants", path
         ),
     }
-    names = {key: column for key, column in names.items() if column is not None}
-    flags = [key for key in ("reverse", "contaminant") if key in names]
-    if kind == "peptides":
-        adata = _read_peptides(path, sep, columns, names, intensity or "LFQ intensity")
-    else:
-        adata = _read_evidence(path, sep, columns, names, intensity or "Intensity", aggregate)
-    for key in flags:
-        adata.var[key] = adata.var[key].eq("+").to_numpy()
-    drop = np.zeros(adata.n_vars, dtype=bool)
-    if drop_reverse:
-        drop |= adata.var["reverse"].to_numpy()
-    if drop_contaminants:
-        drop |= adata.var["contaminant"].to_numpy()
-    adata = adata[:, ~drop].copy()
-    adata.uns["source"] = {
-        "reader": "read_maxquant",
-        "path": os.fspath(path),
-        "kind": kind,
-        "intensity": intensity or ("LFQ intensity" if kind == "peptides" else "Intensity"),
-        "aggregate": aggregate,
-        "dropped_features": int(drop.sum()),
+    if kind == "proteinGroups":
+        flags["only_by_site"] = _flag_column(
+            columns, ("Only identified by site",), drop_only_by_site, "drop_only_by_site", path
+        )
+        reading.options["drop_only_by_site"] = drop_only_by_site
+    flags = {key: column for key, column in flags.items() if column is not None}
+    drops = {
+        "reverse": drop_reverse,
+        "contaminant": drop_contaminants,
+        "only_by_site": drop_only_by_site,
     }
-    return adata
+
+    if kind == "evidence":
+        reading.options.update(sample=sample, level=level, aggregate=aggregate)
+        adata, value = _read_evidence(
+            path, sep, columns, flags, drops, intensity, sample, level, aggregate, reading
+        )
+        return reading.finish(adata, level=level, value=value)
+    prefix = _default_prefix(columns, intensity, reading)
+    if kind == "peptides":
+        names = {
+            "peptide": require_column(columns, "Sequence", source=path),
+            "protein": require_column(columns, "Leading razor protein", source=path),
+            "proteins": find_column(columns, "Proteins"),
+            "genes": find_column(columns, "Gene names"),
+        }
+    else:
+        names = {
+            "protein": require_column(columns, "Protein IDs", source=path),
+            "majority_protein_ids": find_column(columns, "Majority protein IDs"),
+            "protein_names": find_column(columns, "Protein names"),
+            "genes": find_column(columns, "Gene names"),
+            "n_peptides": find_column(columns, "Peptides"),
+        }
+    names = {key: column for key, column in names.items() if column is not None}
+    adata = _read_wide(path, sep, columns, names, flags, drops, prefix, reading)
+    if kind == "peptides":
+        if adata.var["peptide"].duplicated().any():
+            duplicated = adata.var["peptide"][adata.var["peptide"].duplicated()]
+            raise ValueError(f"{path}: duplicated peptide sequence(s) {format_names(duplicated)}")
+        adata.var_names = adata.var["peptide"].to_numpy()
+        return reading.finish(adata, level="peptide", value=prefix)
+    adata.var_names = adata.var["protein"].to_numpy()
+    return reading.finish(adata, level="protein", value=prefix)
 
 
-def _detect_kind(columns: list[str]) -> Literal["peptides", "evidence"] | None:
-    """evidence.txt has one row per raw file (``Raw file``); peptides.txt has per-sample columns."""
-    if find_column(columns, *_SAMPLE) is not None:
+def _detect_kind(header: Header) -> Kind | None:
+    """evidence.txt has one row per raw file; proteinGroups.txt has ``Protein IDs``."""
+    if header.has("Protein IDs", "Majority protein IDs"):
+        return "proteinGroups"
+    if not header.has("Sequence", "Leading razor protein"):
+        return None
+    if header.has("Raw file"):
         return "evidence"
-    if any(c.startswith("Intensity ") for c in columns):
+    if header.any_starts("Intensity ") or header.any_starts("LFQ intensity "):
         return "peptides"
     return None
 
@@ -148,11 +187,39 @@ def _flag_column(
     return found
 
 
-def _read_peptides(
-    path: str | os.PathLike, sep: str, columns: list[str], names: dict[str, str], prefix: str
+def _default_prefix(columns: list[str], intensity: str | None, reading: Reading) -> str:
+    if intensity is not None:
+        return intensity
+    if any(c.startswith("LFQ intensity ") for c in columns):
+        return "LFQ intensity"
+    reading.note("no 'LFQ intensity' columns (LFQ was off): read the 'Intensity <sample>' columns")
+    return "Intensity"
+
+
+def _filter_flags(
+    frame: pd.DataFrame, flags: dict[str, str], drops: dict[str, bool], reading: Reading
+) -> pd.DataFrame:
+    """Turn '+' flags into booleans and drop the flagged rows the caller asked to drop."""
+    for key, column in flags.items():
+        frame[key] = frame.pop(column).eq("+").to_numpy()
+    for key in flags:
+        if drops[key]:
+            frame = reading.drop(frame, frame[key].to_numpy(), f"flagged {key.replace('_', ' ')}")
+    return frame
+
+
+def _read_wide(
+    path: str | os.PathLike,
+    sep: str,
+    columns: list[str],
+    names: dict[str, str],
+    flags: dict[str, str],
+    drops: dict[str, bool],
+    prefix: str,
+    reading: Reading,
 ) -> AnnData:
-    """peptides.txt: one row per sequence, the samples are the ``"<prefix> <sample>"`` columns."""
-    value_columns = [c for c in columns if c.startswith(prefix + " ")]
+    """peptides.txt / proteinGroups.txt: one row per feature, samples in ``"<prefix> <sample>"``."""
+    value_columns = sample_columns(columns, prefix=prefix + " ")
     if not value_columns:
         raise KeyError(
             f"{path}: no '{prefix} <sample>' columns; intensity prefixes present: "
@@ -170,20 +237,16 @@ def _read_peptides(
             f"{path} holds labelled channels ({format_names(labelled)}); "
             "pass one of them as intensity="
         )
+    text = [*names.values(), *flags.values()]
     frame = read_delimited(
-        path,
-        sep=sep,
-        usecols=[*names.values(), *value_columns],
-        dtype={column: str for column in names.values()},
+        path, sep=sep, usecols=[*text, *value_columns.values()], dtype=dict.fromkeys(text, str)
     )
-    if frame[names["peptide"]].duplicated().any():
-        duplicated = frame[names["peptide"]][frame[names["peptide"]].duplicated()]
-        raise ValueError(f"{path}: duplicated peptide sequence(s) {format_names(duplicated)}")
-    values = numeric_frame(frame[value_columns], source=path).to_numpy()
-    var = frame[list(names.values())].rename(columns={v: k for k, v in names.items()})
-    var.index = pd.Index(var["peptide"].astype(str).to_numpy())
-    obs = pd.DataFrame(index=pd.Index([c[len(prefix) + 1 :] for c in value_columns]))
-    return AnnData(X=np.where(values == 0, np.nan, values).T, obs=obs, var=var)
+    reading.rows_read = len(frame)
+    frame = frame.rename(columns={column: key for key, column in names.items()})
+    frame = reading.drop_missing(frame, "protein", "protein")
+    frame = _filter_flags(frame, flags, drops, reading)
+    var = frame[[*names, *flags]]
+    return wide_to_anndata(frame, value_columns, var, source=path)
 
 
 def _intensity_prefixes(columns: list[str]) -> list[str]:
@@ -197,28 +260,115 @@ def _read_evidence(
     path: str | os.PathLike,
     sep: str,
     columns: list[str],
-    names: dict[str, str],
-    value: str,
+    flags: dict[str, str],
+    drops: dict[str, bool],
+    intensity: str | None,
+    sample: Literal["experiment", "raw_file"] | None,
+    level: str,
     aggregate: Literal["sum", "max"],
-) -> AnnData:
-    """evidence.txt: long; rows of one sequence and sample are aggregated."""
-    sample = require_column(columns, *_SAMPLE, source=path)
-    value = require_column(columns, value, source=path)
+    reading: Reading,
+) -> tuple[AnnData, str]:
+    """evidence.txt: long, one row per feature × raw file; rows of a feature and sample combined."""
+    value = require_column(columns, intensity or "Intensity", source=path)
+    names = {
+        "raw_file": require_column(columns, "Raw file", source=path),
+        "peptide": require_column(columns, "Sequence", source=path),
+        "protein": require_column(columns, "Leading razor protein", source=path),
+    }
+    if level != "peptide":
+        names.update({c: require_column(columns, c, source=path) for c in _LEVEL_COLUMNS[level]})
+    optional = {
+        "experiment": find_column(columns, "Experiment"),
+        "fraction": find_column(columns, "Fraction"),
+        "proteins": find_column(columns, "Proteins"),
+        "genes": find_column(columns, "Gene names"),
+    }
+    names.update({k: c for k, c in optional.items() if c is not None})
+    text = [c for key, c in names.items() if key != "Charge"] + list(flags.values())
     frame = read_delimited(
         path,
         sep=sep,
-        usecols=[*names.values(), sample, value],
-        dtype={column: str for column in (*names.values(), sample)},
+        usecols=[*dict.fromkeys([*names.values(), *flags.values(), value])],
+        dtype=dict.fromkeys(text, str),
     )
+    reading.rows_read = len(frame)
+    frame = frame.rename(columns={c: k for k, c in names.items() if k not in _LEVEL_COLUMNS[level]})
+    frame = reading.drop_missing(frame, "protein", "protein")
+    frame = _filter_flags(frame, flags, drops, reading)
+    sample = _choose_sample(frame, sample, reading)
+    runs = frame.groupby(sample, sort=False)["raw_file"].agg(lambda s: ";".join(pd.unique(s)))
+    feature = list(_LEVEL_COLUMNS[level]) if level != "peptide" else ["peptide"]
+    annotations = {k: k for k in ("peptide", "protein", "proteins", "genes", *flags) if k in frame}
+    for key in feature:
+        annotations.pop(key, None)
+    frame["value"] = frame.pop(value)
     adata = long_to_anndata(
         frame,
         sample=sample,
-        feature=[names["peptide"]],
-        value=value,
-        annotations={k: v for k, v in names.items() if k != "peptide"},
+        feature=feature,
+        value="value",
+        annotations=annotations,
         aggregate=aggregate,
         source=path,
     )
-    adata.var = adata.var.rename(columns={names["peptide"]: "peptide"})
-    adata.var_names = adata.var["peptide"].astype(str).to_numpy()
-    return adata
+    adata.obs["raw_files"] = runs.reindex(adata.obs_names).to_numpy()
+    if sample == "raw_file" and "experiment" in frame:
+        experiment = frame.groupby("raw_file", sort=False)["experiment"].first()
+        adata.obs["experiment"] = experiment.reindex(adata.obs_names).to_numpy()
+    if level == "peptide":
+        adata.var_names = adata.var["peptide"].astype(str).to_numpy()
+    else:
+        key = adata.var["Modified sequence"].astype(str)
+        if level == "precursor":
+            key = key + "/" + adata.var["Charge"].astype(int).astype(str)
+        adata.var_names = unique_names(key, adata.var["protein"], source=path)
+        adata.var = adata.var.rename(
+            columns={"Modified sequence": "modified_sequence", "Charge": "charge"}
+        )
+    return adata, value
+
+
+def _choose_sample(
+    frame: pd.DataFrame, sample: Literal["experiment", "raw_file"] | None, reading: Reading
+) -> str:
+    """The evidence column that names samples (see ``read_maxquant``'s ``sample``)."""
+    if sample == "raw_file":
+        return "raw_file"
+    if "experiment" not in frame:
+        if sample == "experiment":
+            raise KeyError(f"{reading.path}: no 'Experiment' column; use sample='raw_file'")
+        return "raw_file"
+    missing = frame["experiment"].isna()
+    if missing.any():
+        raise ValueError(
+            f"{reading.path}: {int(missing.sum())} row(s) have an empty 'Experiment'; "
+            "pass sample='raw_file' to name samples by raw file"
+        )
+    per_experiment = frame.groupby("experiment")["raw_file"].nunique()
+    grouped = per_experiment[per_experiment > 1]
+    if sample == "experiment" or grouped.empty:
+        if not grouped.empty:
+            reading.note(
+                f"raw files summed into {len(grouped)} experiment(s) (sample='experiment')"
+            )
+        return "experiment"
+    if "fraction" in frame:
+        fractions = frame.groupby(["experiment", "raw_file"])["fraction"].first()
+        if not fractions.groupby(level=0).apply(lambda f: f.duplicated().any()).any():
+            reading.note(f"fractions summed into {len(grouped)} experiment(s)")
+            return "experiment"
+    shown = ", ".join(f"{e!r} ({n} runs)" for e, n in grouped.head(5).items())
+    reading.note(
+        f"'Experiment' groups several raw files ({shown}) that are not fractions: kept one sample "
+        "per raw file; pass sample='experiment' to sum them",
+        warn=True,
+    )
+    return "raw_file"
+
+
+register(
+    *(
+        Format(f"MaxQuant {kind}.txt", lambda h, k=kind: _detect_kind(h) == k, read_maxquant)
+        for kind in _KINDS
+    )
+)

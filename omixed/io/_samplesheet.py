@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Literal
 
 import pandas as pd
 from anndata import AnnData
 
 from ._table import format_names, read_delimited, read_header, require_column
+
+# what pandas reads as missing by default (pandas.read_csv's keep_default_na), minus ""
+_NA_SPELLINGS = frozenset(
+    (
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    )
+)
 
 
 def join_sample_sheet(
@@ -19,6 +44,8 @@ def join_sample_sheet(
     sample_col: str = "sample",
     how: Literal["exact", "inner"] = "exact",
     sep: str | None = None,
+    na_values: Sequence[str] = (),
+    keep_default_na: bool = False,
     copy: bool = False,
 ) -> AnnData | None:
     """Add the columns of a sample sheet to ``adata.obs``, matching ``sample_col`` to ``obs_names``.
@@ -38,6 +65,13 @@ def join_sample_sheet(
         (``adata`` is subset) and warn about the ones left out.
     sep
         Field separator when ``sheet`` is a file.
+    na_values
+        Further cell texts that mean "missing" (as in :func:`pandas.read_csv`); empty cells are
+        always missing.
+    keep_default_na
+        ``False`` (default): in a text column, ``NA``, ``NaN``, ``null``... are levels like any
+        other (a batch may be called ``NA``); numeric columns still read them as missing.
+        ``True``: pandas' behaviour — they are missing in every column.
     copy
         Return a new AnnData instead of modifying ``adata``.
 
@@ -45,6 +79,7 @@ def join_sample_sheet(
     -------
     ``None``, or the new AnnData if ``copy=True``. The sheet's columns are added to ``obs``;
     text columns become categorical (categories sorted), numeric and boolean ones keep their dtype.
+    A DataFrame column mixing values that read the same as text (``1`` and ``"1"``) is refused.
 
     Examples
     --------
@@ -60,7 +95,11 @@ def join_sample_sheet(
     else:
         columns, sep = read_header(sheet, sep=sep)
         sample_col = require_column(columns, sample_col, source=source)
-        sheet = read_delimited(sheet, sep=sep, dtype={sample_col: str})
+        text = read_delimited(
+            sheet, sep=sep, dtype=str, keep_default_na=False, na_values=["", *na_values]
+        )
+        sheet = _parse_columns(text, sample_col, keep_default_na)
+    _refuse_mixed_types(sheet, source)
     if sheet[sample_col].isna().any():
         raise ValueError(f"{source}: {sheet[sample_col].isna().sum()} row(s) without a sample name")
     sheet[sample_col] = sheet[sample_col].astype(str)
@@ -98,3 +137,43 @@ def join_sample_sheet(
     aligned.index = adata.obs.index
     adata.obs = pd.concat([adata.obs, aligned], axis=1)
     return adata if copy else None
+
+
+def _parse_columns(text: pd.DataFrame, sample_col: str, keep_default_na: bool) -> pd.DataFrame:
+    """Numbers where a column holds only numbers (and NA spellings); text stays text."""
+    parsed = {}
+    for column in text.columns:
+        values = text[column]
+        if column == sample_col:
+            parsed[column] = values
+            continue
+        na_spelled = values.isin(_NA_SPELLINGS)
+        numbers = pd.to_numeric(values.mask(na_spelled), errors="coerce")
+        if (numbers.notna() | values.isna() | na_spelled).all() and numbers.notna().any():
+            parsed[column] = numbers
+            if (numbers.dropna() % 1 == 0).all() and numbers.notna().all():
+                parsed[column] = numbers.astype("int64")
+        elif values.dropna().str.lower().isin(("true", "false")).all() and values.notna().all():
+            parsed[column] = values.str.lower().eq("true")
+        else:
+            parsed[column] = values.mask(na_spelled) if keep_default_na else values
+    return pd.DataFrame(parsed, index=text.index)
+
+
+def _refuse_mixed_types(sheet: pd.DataFrame, source: object) -> None:
+    """A column holding 1 and "1" would become one level; say so instead."""
+    for column in sheet.columns:
+        values = sheet[column].dropna()
+        if values.dtype != object:
+            continue
+        kinds_per_text = pd.DataFrame({"text": values.astype(str), "kind": values.map(type)})
+        n_kinds = kinds_per_text.groupby("text")["kind"].nunique()
+        if (n_kinds > 1).any():
+            level = n_kinds.index[n_kinds > 1][0]
+            kinds = sorted(
+                {t.__name__ for t in kinds_per_text.loc[kinds_per_text.text == level, "kind"]}
+            )
+            raise ValueError(
+                f"{source}: column {column!r} holds {level!r} as {' and as '.join(kinds)}; "
+                "these would become one level — convert the column to one type first"
+            )
