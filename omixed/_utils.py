@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -50,10 +51,16 @@ def set_matrix(adata: AnnData, values: np.ndarray, layer: str | None = None) -> 
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; rename it onto ``path`` on success.
 
-    An interrupted write leaves either the old file or the new one, never a partial file.
+    An interrupted write leaves either the old file or the new one, never a partial file.  The
+    target may be a new path or a regular file: anything else there (a directory, a device
+    such as ``/dev/null``, a link) is refused before anything is written.  Temporary files that
+    a killed earlier write to the same target left behind are removed.
     """
     target = Path(path)
+    check_writable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -67,3 +74,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_writable(target: Path) -> None:
+    """Refuse an output path that is not a new or regular file, or whose folder is read-only."""
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        kind = "a link" if target.is_symlink() else "not a regular file"
+        raise ValueError(f"refusing to write {target}: it is {kind}; choose a new file path")
+    folder = next((p for p in (target.parent, *target.parent.parents) if p.exists()), None)
+    if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {target}: the folder {folder} is not writable")

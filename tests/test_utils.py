@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -47,3 +48,34 @@ def test_get_matrix_densifies_and_copies():
     assert adata.layers["raw"][0, 1] == 1.0
     with pytest.raises(KeyError, match=r"layer .counts. not found.*.raw."):
         get_matrix(adata, "counts")
+
+
+@pytest.mark.parametrize("kind", ["device", "directory", "link"])
+def test_atomic_writes_refuse_targets_that_are_not_regular_files(tmp_path, kind):
+    if kind == "device":
+        target = Path("/dev/null")
+    elif kind == "directory":
+        target = tmp_path / "out.h5ad"
+        target.mkdir()
+    else:
+        real = tmp_path / "real.tsv"
+        real.write_text("keep")
+        target = tmp_path / "out.tsv"
+        target.symlink_to(real)
+    with pytest.raises(ValueError, match="refusing to write"), atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.exists()
+    if kind == "link":
+        assert target.is_symlink() and (tmp_path / "real.tsv").read_text() == "keep"
+
+
+def test_atomic_write_removes_what_a_killed_write_left(tmp_path):
+    target = tmp_path / "fit.h5ad"
+    leftover = tmp_path / ".fit.h5ad.abc123.tmp"
+    leftover.write_text("partial")
+    other = tmp_path / ".other.h5ad.abc123.tmp"  # another target's: not ours to remove
+    other.write_text("partial")
+    with atomic_path(target) as tmp:
+        tmp.write_text("done")
+    assert target.read_text() == "done"
+    assert not leftover.exists() and other.exists()
