@@ -98,7 +98,8 @@ def detection_test(
     Returns
     -------
     DataFrame with ``logOR`` (``l'γ̂``), ``se``, ``t``, ``df`` (``inf``: dispersion held at 1)
-    and ``pvalue`` (two-sided); NaN for features with fewer than 2 residual df.  ``attrs``
+    and ``pvalue`` (two-sided); NaN for features with fewer than 2 residual df and for
+    features detected equally often in every sample (no information on any contrast).  ``attrs``
     holds the dispersion prior (``df_prior``, ``var_prior``).
 
     Examples
@@ -138,6 +139,10 @@ def detection_test(
         {"logOR": estimate, "se": se, "t": t, "df": df, "pvalue": pvalue}, index=index
     )
     table[~usable] = np.nan
+    # Detected equally often in every sample: the counts say nothing about the contrast, and a
+    # p-value of 1 combined with the intensity test would only dilute it.
+    constant = np.all(counts == counts[:, :1], axis=1)
+    table[constant] = np.nan
     table.attrs.update(df_prior=float(np.max(sq.df_prior)), var_prior=sq.var_prior)
     return table
 
