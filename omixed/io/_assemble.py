@@ -98,6 +98,15 @@ class Reading:
 
     def keep_at_most(self, frame: pd.DataFrame, column: str, threshold: float) -> pd.DataFrame:
         """Keep rows with ``column`` ≤ ``threshold`` (a q-value filter); others are counted."""
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not (0.0 <= threshold <= 1.0)
+        ):
+            raise ValueError(
+                f"{self.path}: the {column} threshold must be a number from 0 to 1, got "
+                f"{threshold!r}" + (" (text)" if isinstance(threshold, str) else "")
+            )
         values = numeric_frame(frame[[column]], source=self.path)[column]
         return self.drop(frame, ~(values <= threshold).to_numpy(), f"{column} > {threshold}")
 

@@ -11,6 +11,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
+from scipy import sparse
 
 from ._crossprod import CrossProducts
 from ._dense import (
@@ -333,6 +334,9 @@ def plan_fit(
     """Check the inputs of :func:`fit` (same arguments) and split its work into chunk tasks,
     not yet run (see :func:`run_plans`).
     """
+    for name, value in (("reml", reml), ("drop_aliased", drop_aliased)):
+        if not isinstance(value, bool | np.bool_):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
     spec = build_spec(data, formula, drop_aliased=drop_aliased, fixed=fixed)
     in_memory = isinstance(Y, np.ndarray | list | tuple) or not hasattr(Y, "shape")
     if in_memory:
@@ -377,17 +381,15 @@ def plan_fit(
     if not in_memory:  # a first pass, so bad values stop the run before any fitting
         for a, b in chunks:
             try:
-                _check_response(np.asarray(Y[:, a:b]), spec.n_rows, "raise")
+                _check_response(_dense(Y[:, a:b]), spec.n_rows, "raise")
             except ValueError as exc:
                 if nonfinite == "raise" or "infinite" not in str(exc):
                     raise ValueError(f"in features {a}..{b - 1} (counted from 0): {exc}") from exc
 
     def block(a: int, b: int) -> np.ndarray:
-        return (
-            Y[:, a:b]
-            if in_memory
-            else _check_response(np.asarray(Y[:, a:b]), spec.n_rows, nonfinite)
-        )
+        if in_memory:
+            return Y[:, a:b]
+        return _check_response(_dense(Y[:, a:b]), spec.n_rows, nonfinite)
 
     def task(a: int, b: int):
         Yb = block(a, b)
@@ -419,6 +421,11 @@ def run_plans(plans: list[_Plan], *, n_jobs: int, progress: bool | None) -> list
         results.append(plan.result(parts[start : start + plan.n_tasks]))
         start += plan.n_tasks
     return results
+
+
+def _dense(block) -> np.ndarray:
+    """A block of an out-of-core Y as a dense array (a backed sparse matrix densified)."""
+    return block.toarray() if sparse.issparse(block) else np.asarray(block)
 
 
 def _take(A: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -471,8 +478,13 @@ def prepare(Yt: np.ndarray, design: _Design, weights: np.ndarray | None = None) 
     n_obs = W.sum(axis=1)
     Y0 = np.where(W > 0, Yt, 0.0)
     safe_n = np.maximum(n_obs, 1.0)
-    mean = Y0.sum(axis=1) / safe_n
-    spread = np.sqrt((W * (Y0 - mean[:, None]) ** 2).sum(axis=1) / safe_n)
+    # In units of each feature's largest |value|, so that squares neither overflow (values
+    # near 1e300) nor underflow (near 1e-200): the fit is equivariant over float64's range.
+    peak = np.abs(Y0).max(axis=1, initial=0.0)
+    peak = np.where(peak > 0, peak, 1.0)
+    mean = (Y0 / peak[:, None]).sum(axis=1) / safe_n * peak
+    deviation = W * (Y0 - mean[:, None]) / peak[:, None]
+    spread = np.sqrt((deviation**2).sum(axis=1) / safe_n) * peak
     center = mean if design.intercept is not None else np.zeros(m)
     scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
     Ys = np.where(W > 0, (Yt - center[:, None]) / scale[:, None], 0.0)
@@ -693,14 +705,23 @@ def _fit_chunk(
     beta *= scale[:, None]
     se *= scale[:, None]
     blup *= scale[:, None]
-    sigma2 *= scale**2
+    with np.errstate(over="ignore"):
+        sigma2 *= scale**2
     dof = (n_obs - p_eff) if reml else n_obs
-    crit = crit + dof * np.log(scale**2)
+    crit = crit + dof * 2.0 * np.log(scale)
+    huge = ok & converged & np.isinf(sigma2)
+    converged[huge] = False
+    reason[huge] = "variances exceed the range of float64 (values near 1e154 or larger): rescale"
+    singular = ok & converged & ~(sigma2 >= 0)
+    converged[singular] = False
+    reason[singular] = "residual variance not positive (numerically singular fit)"
     if Wt is not None:  # Var(ε_i) = σ²/w_i: the likelihood gains Σ log w_i / 2
         crit = crit - np.where(prep.W > 0, np.log(np.where(prep.W > 0, prep.W, 1.0)), 0.0).sum(
             axis=1
         )
 
+    with np.errstate(invalid="ignore", over="ignore"):  # features set aside above
+        variance, covariance = sigma2[:, None] * rel_var, sigma2[:, None] * rel_cov
     return {
         "criterion": crit,
         "theta": theta,
@@ -708,8 +729,8 @@ def _fit_chunk(
         "se": se,
         "blup": blup,
         "sigma2": sigma2,
-        "variance": sigma2[:, None] * rel_var,
-        "covariance": sigma2[:, None] * rel_cov,
+        "variance": variance,
+        "covariance": covariance,
         "converged": converged & ok,
         "reason": reason,
         "notes": _joined(notes, m),

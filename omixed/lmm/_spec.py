@@ -52,14 +52,16 @@ _JOINERS = (":", "::", " × ", "|")  # the first that no level contains joins in
 class FixedSpec:
     """The fixed effects: formulaic's learned encoding and the resulting column names.
 
-    ``columns`` are all columns formulaic builds; ``dropped`` the ones left out because they
-    were aliased with earlier columns (``drop_aliased=True``).
+    ``columns`` are all columns formulaic builds, ``terms`` the formula term of each
+    (``"Intercept"``, ``"condition"``, ``"condition:age"``); ``dropped`` the columns left out
+    because they were aliased with earlier columns (``drop_aliased=True``).
     """
 
     formula: str
     columns: tuple[str, ...]
     dropped: tuple[str, ...]
     state: dict
+    terms: tuple[str, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -199,8 +201,13 @@ class Specification:
     def fixed_terms(self) -> dict[str, list[int]]:
         """Fixed-effect columns per formula term: ``{"condition": [1, 2], "age": [3]}``."""
         out: dict[str, list[int]] = {}
-        for i, name in enumerate(self.fixed_names):
-            out.setdefault(_term_of_column(name), []).append(i)
+        kept = [
+            t
+            for c, t in zip(self.fixed.columns, self.fixed.terms, strict=True)
+            if c not in self.fixed.dropped
+        ]
+        for i, term in enumerate(kept):
+            out.setdefault(term, []).append(i)
         return out
 
     def evaluate(self, data: pd.DataFrame, *, new_levels: bool = False) -> ModelSpec:
@@ -255,6 +262,7 @@ class Specification:
                     "columns": self.fixed.columns,
                     "dropped": self.fixed.dropped,
                     "state": self.fixed.state,
+                    "terms": self.fixed.terms,
                 },
                 "terms": [
                     (t.name, t.group, t.expr, t.covariate, t.levels, t.labels) for t in self.terms
@@ -285,19 +293,6 @@ class Specification:
     def same_model(self, other: Specification) -> bool:
         """Whether ``other`` is the same model learned on the same design."""
         return self.to_json() == other.to_json()
-
-
-def _term_of_column(column: str) -> str:
-    """The formula term of a fixed-effect column: ``condition[T.b]`` → ``condition``."""
-    out, depth = [], 0
-    for ch in column:
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-        elif depth == 0:
-            out.append(ch)
-    return "".join(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,13 +501,18 @@ def _finite(values: np.ndarray, columns: tuple[str, ...], what: str) -> None:
 
 def _learn_matrix(
     formula: str, data: pd.DataFrame, what: str
-) -> tuple[np.ndarray, tuple[str, ...], dict]:
-    """Evaluate ``formula`` on ``data`` with formulaic: values, column names, learned state."""
+) -> tuple[np.ndarray, tuple[str, ...], dict, tuple[str, ...]]:
+    """Evaluate ``formula`` on ``data`` with formulaic: values, column names, learned state and
+    the formula term of each column."""
     with _formulaic_errors(formula, data, what):
         mm = model_matrix(formula, data, na_action="raise")
     values, columns = np.asarray(mm, dtype=np.float64), tuple(str(c) for c in mm.columns)
     _finite(values, columns, what)
-    return values, columns, _state(formula, mm.model_spec)
+    terms = [""] * len(columns)
+    for term, indices in mm.model_spec.term_indices.items():
+        for i in indices:
+            terms[i] = _INTERCEPT if str(term) == "1" else str(term)
+    return values, columns, _state(formula, mm.model_spec), tuple(terms)
 
 
 def _apply_matrix(
@@ -548,7 +548,7 @@ def _formulaic_message(text: str, data: pd.DataFrame, what: str, exc: Exception)
 def _learn_fixed(
     data: pd.DataFrame, parsed: Formula, drop_aliased: bool, notes: list[str]
 ) -> tuple[FixedSpec, np.ndarray]:
-    X, columns, state = _learn_matrix(parsed.fixed, data, "fixed effects")
+    X, columns, state, terms = _learn_matrix(parsed.fixed, data, "fixed effects")
     if X.shape[0] != len(data):
         raise ValueError("the fixed-effects matrix lost rows (missing values in the design?)")
     if X.shape[1] == 0:
@@ -568,7 +568,7 @@ def _learn_fixed(
         warnings.warn(message, UserWarning, stacklevel=4)
         notes.append(message)
     keep = [i for i in range(len(columns)) if i not in aliased]
-    return FixedSpec(parsed.fixed, columns, dropped, state), X[:, keep]
+    return FixedSpec(parsed.fixed, columns, dropped, state, terms), X[:, keep]
 
 
 def _slope_what(expr: str) -> str:
@@ -591,7 +591,7 @@ def _learn_random(
         levels, labels = _learn_levels(data, part, notes)
         columns = ["1"]
         if not part.intercept_only:
-            _, found, slopes[part.expr] = _learn_matrix(part.expr, data, _slope_what(part.expr))
+            _, found, slopes[part.expr], _ = _learn_matrix(part.expr, data, _slope_what(part.expr))
             columns = ["1" if c == _INTERCEPT else c for c in found]
         new = [
             TermSpec(
