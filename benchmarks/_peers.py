@@ -81,7 +81,7 @@ def time_lme4(
 
     Examples
     --------
-    >>> long = pd.read_csv("/work/shared/reference/sim_genes.csv")
+    >>> long = pd.read_csv("tests/data/reference/sim_genes.csv")
     >>> res = time_lme4(long, "y ~ condition + (1|batch) + (1|donor)", max_features=20)
     >>> res["n_features"], res["n_features_total"]
     (20, 300)

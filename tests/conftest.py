@@ -1,4 +1,4 @@
-"""Shared fixtures: the independent lme4 reference fits in ../shared/reference and small designs."""
+"""Shared fixtures: the independent lme4 reference fits in tests/data/reference and small designs."""
 
 from __future__ import annotations
 
@@ -17,28 +17,19 @@ import yaml
 
 matplotlib.use("Agg")
 
-REFERENCE = Path(
-    os.environ.get("OMIXED_REFERENCE", Path(__file__).parents[1] / ".." / "shared" / "reference")
-)
-
-
-def _reference_file(name: str) -> Path:
-    path = REFERENCE / name
-    if not path.exists():
-        pytest.fail(f"reference file {path} not found (set OMIXED_REFERENCE to shared/reference)")
-    return path
+REFERENCE = Path(__file__).parent / "data" / "reference"  # see the README there
 
 
 @pytest.fixture(scope="session")
 def lme4_classic() -> dict:
     """lme4 fits of the classic data sets (Dyestuff, Penicillin, Pastes, sleepstudy)."""
-    return json.loads(_reference_file("lme4_classic.json").read_text())
+    return json.loads((REFERENCE / "lme4_classic.json").read_text())
 
 
 @pytest.fixture(scope="session")
 def classic_data():
     """Loader for the classic data sets by file name."""
-    return lambda name: pd.read_csv(_reference_file(name))
+    return lambda name: pd.read_csv(REFERENCE / name)
 
 
 def _wide(long: pd.DataFrame, design_cols: list[str]) -> tuple[np.ndarray, pd.DataFrame, pd.Index]:
@@ -50,9 +41,9 @@ def _wide(long: pd.DataFrame, design_cols: list[str]) -> tuple[np.ndarray, pd.Da
 @pytest.fixture(scope="session")
 def sim_genes():
     """(Y, design, feature names, lme4 table) of the simulated gene-level design."""
-    long = pd.read_csv(_reference_file("sim_genes.csv"))
+    long = pd.read_csv(REFERENCE / "sim_genes.csv")
     Y, design, names = _wide(long, ["batch", "donor", "condition"])
-    ref = pd.read_csv(_reference_file("sim_genes_lme4.csv"))
+    ref = pd.read_csv(REFERENCE / "sim_genes_lme4.csv")
     ref = ref.pivot(index="feature", columns="term", values="value").loc[names]
     return Y, design, names, ref
 
@@ -60,9 +51,9 @@ def sim_genes():
 @pytest.fixture(scope="session")
 def sim_peptides():
     """(long table, sample design, lme4 table) of the simulated peptide-level design."""
-    long = pd.read_csv(_reference_file("sim_peptides.csv"))
+    long = pd.read_csv(REFERENCE / "sim_peptides.csv")
     design = long.drop_duplicates("sample").set_index("sample")[["batch", "condition"]]
-    ref = pd.read_csv(_reference_file("sim_peptides_lme4.csv"))
+    ref = pd.read_csv(REFERENCE / "sim_peptides_lme4.csv")
     ref = ref.pivot(index="feature", columns="term", values="value")
     return long, design, ref
 
@@ -70,7 +61,7 @@ def sim_peptides():
 @pytest.fixture(scope="session")
 def sim_peptides_truth() -> pd.DataFrame:
     """The simulated truth of the peptide design per protein (``effect`` 0: unchanged)."""
-    return pd.read_csv(_reference_file("sim_peptides_truth.csv")).set_index("feature")
+    return pd.read_csv(REFERENCE / "sim_peptides_truth.csv").set_index("feature")
 
 
 def crossed_design(n_batch=4, n_donor=8, reps=3, seed=0) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Accuracy of the engine against independent lme4 fits (../shared/reference)."""
+"""Accuracy of the engine against independent lme4 fits (tests/data/reference)."""
 
 from __future__ import annotations
 
