@@ -1,4 +1,10 @@
-"""The workflow on a real one-node SLURM cluster (tests/hpc), through ``profiles/slurm``.
+"""The workflow on a real SLURM cluster, through ``profiles/slurm``.
+
+It runs where a cluster answers ``sinfo`` (a login node: the jobs go to its default partition),
+or on a throwaway one-node cluster on this machine (tests/hpc) when ``OMIXED_SLURM_TEST_CLUSTER=1``
+asks for one, as ``.ci/run`` does: that needs root, installs SLURM with apt-get if it is missing
+and starts its daemons (stopped again afterwards), so it never happens unasked.  Elsewhere the
+tests are skipped.
 
 Three Snakemake runs overlap.  The reference run on this machine starts first, so that it
 overlaps the cluster's start (and, on a fresh machine, the installation of SLURM), and gets only
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -27,8 +34,14 @@ from conftest import finish, make_project, start
 from hpc.slurm import slurm_cluster
 
 pytestmark = pytest.mark.slurm
-pytest.importorskip(
-    "snakemake_executor_plugin_slurm", reason='no SLURM executor: pip install -e ".[hpc]"'
+
+# Set to 1 to run on a throwaway one-node cluster (root; installs and starts SLURM).
+THROWAWAY_CLUSTER = "OMIXED_SLURM_TEST_CLUSTER"
+NO_CLUSTER = (
+    "no SLURM cluster answers `sinfo` here. On a cluster's login node these tests run the "
+    "workflow through profiles/slurm; to run them on a throwaway one-node cluster on this "
+    f"machine instead (needs root; installs SLURM with apt-get and starts its daemons), set "
+    f"{THROWAWAY_CLUSTER}=1 as .ci/run does"
 )
 
 CHUNKS = 2  # one fit job per CPU of the test cluster
@@ -63,6 +76,16 @@ rule fail_on_purpose:
         "echo failing on purpose > {log}; exit 3"
 """
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/(\w+)/")
+
+
+def cluster_answers() -> bool:
+    """Whether a SLURM cluster answers ``sinfo`` on this machine."""
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def in_background(proc: subprocess.Popen[str]) -> subprocess.Popen[str]:
@@ -111,6 +134,13 @@ def submitted(log: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The three runs, SLURM's job table, and the daemons running before and after."""
+    throwaway = os.environ.get(THROWAWAY_CLUSTER) == "1"
+    if not throwaway:
+        if not cluster_answers():
+            pytest.skip(NO_CLUSTER)
+        pytest.importorskip(
+            "snakemake_executor_plugin_slurm", reason='no SLURM executor: pip install -e ".[hpc]"'
+        )
     on_slurm = make_project(tmp_path_factory.mktemp("slurm"))
     local = make_project(tmp_path_factory.mktemp("local"))
     failing = make_project(tmp_path_factory.mktemp("failing"))
@@ -120,7 +150,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     begin = time.monotonic()
     procs = {"local": in_background(start(local, TARGET, "--config", f"chunks={CHUNKS}"))}
     try:
-        with slurm_cluster() as env:
+        with slurm_cluster() if throwaway else contextlib.nullcontext(dict(os.environ)) as env:
             procs["slurm"] = start(on_slurm, TARGET, *SLURM_ARGS, env=env, prefix=SLURM_RUN)
             # Not in the background: its job must be over (it takes one of the cluster's two
             # CPUs) before the two fit jobs are submitted.
@@ -136,7 +166,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
             # our own deadline comes after `timeout`'s, which ends a hung run more gently
             results = {name: finish(proc, TIMEOUT + 30) for name, proc in procs.items()}
             jobs = slurm_jobs(env)
-    finally:  # a skip (no cluster) or a failure above leaves runs behind
+    finally:  # a failure above leaves runs behind
         for proc in procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -14,7 +14,7 @@
 #
 # Exit codes: 0 ok; 1 the cluster failed to start (nothing is left running) or to stop;
 # 2 this machine cannot host it (not root, no apt-get, install failed, a foreign
-# /etc/slurm/slurm.conf) -- callers such as tests/hpc/slurm.py skip on 2.
+# /etc/slurm/slurm.conf).
 # `status` exits 0 when all daemons run and 3 when none or only some do.
 set -euo pipefail
 
