@@ -12,6 +12,7 @@
 
 ``omixed fit norm.h5ad ... -o fitted.h5ad`` fits everything at once instead of split/fit/merge.
 Messages go to stderr; a failing command exits with status 1 and writes no output.
+A command imports only what it uses (``--help`` nothing heavy), so each step starts quickly.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 
 from . import __version__
-from ._choices import CORRECTION_METHODS
+from ._choices import CORRECTION_METHODS, INPUT_TYPES, NORMALIZERS
 
 log = logging.getLogger("omixed.cli")
 
@@ -47,8 +48,6 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._cli import _commands as cmd
-
     parser = argparse.ArgumentParser(
         prog="omixed",
         description="Remove batch effects from omics data with per-feature linear mixed models.",
@@ -57,13 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+    def command(name: str, func: str, help: str) -> argparse.ArgumentParser:
+        """A subcommand run by the function ``func`` of :mod:`omixed._cli._commands`."""
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         return p
 
-    p = command("import", cmd.import_, "Read input data (and a sample sheet) into an h5ad file.")
-    p.add_argument("type", choices=cmd.INPUT_TYPES, help="input format ('example': bundled data)")
+    p = command("import", "import_", "Read input data (and a sample sheet) into an h5ad file.")
+    p.add_argument("type", choices=INPUT_TYPES, help="input format ('example': bundled data)")
     p.add_argument("path", nargs="?", help="input file (not for 'example')")
     p.add_argument("-o", "--output", required=True, help="h5ad file to write")
     p.add_argument("--samples", help="sample sheet (TSV/CSV); its columns replace obs columns")
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(see omixed.io.read_table, read_maxquant, read_diann, read_long)",
     )
 
-    p = command("normalize", cmd.normalize, "Apply normalization steps, in order, to X.")
+    p = command("normalize", "normalize", "Apply normalization steps, in order, to X.")
     p.add_argument("input", help="h5ad file")
     p.add_argument("-o", "--output", required=True, help="h5ad file to write")
     p.add_argument(
@@ -84,14 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="STEP",
-        help=f"steps from {', '.join(cmd.NORMALIZERS)} (none: copy unchanged)",
+        help=f"steps from {', '.join(NORMALIZERS)} (none: copy unchanged)",
     )
 
-    p = command("split", cmd.split, "Split the features into contiguous chunks, one h5ad each.")
+    p = command("split", "split", "Split the features into contiguous chunks, one h5ad each.")
     p.add_argument("input", help="h5ad file")
     p.add_argument("-o", "--output", nargs="+", required=True, help="one h5ad per chunk, in order")
 
-    p = command("fit", cmd.fit, "Fit a linear mixed model to every feature.")
+    p = command("fit", "fit", "Fit a linear mixed model to every feature.")
     p.add_argument("input", help="h5ad file")
     p.add_argument("--formula", required=True, help='e.g. "~ condition + (1|batch) + (1|donor)"')
     p.add_argument("-o", "--output", required=True, help="fitted h5ad to write")
@@ -100,13 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default="lmm", help="prefix of the stored results")
     p.add_argument("--threads", type=_positive, default=1, help="worker processes")
 
-    p = command("merge", cmd.merge, "Combine the fits of feature chunks into one fitted h5ad.")
+    p = command("merge", "merge", "Combine the fits of feature chunks into one fitted h5ad.")
     p.add_argument("chunks", nargs="+", help="fitted h5ad files of 'omixed fit', one per chunk")
     p.add_argument("--data", required=True, help="the h5ad that was split (receives the fit)")
     p.add_argument("-o", "--output", required=True, help="fitted h5ad to write")
     p.add_argument("--key", default="lmm", help="the fit's key in the chunk files")
 
-    p = command("correct", cmd.correct, "Subtract the fitted effects of chosen terms.")
+    p = command("correct", "correct", "Subtract the fitted effects of chosen terms.")
     p.add_argument("input", help="fitted h5ad")
     p.add_argument("-o", "--output", required=True, help="h5ad file to write")
     p.add_argument("--remove", nargs="+", default=["batch"], help="terms to remove (default batch)")
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default="lmm", help="the fit's key")
     p.add_argument("--layer-added", default="corrected", help="layer receiving corrected values")
 
-    p = command("transform", cmd.transform, "Correct new samples with a saved fit (no refit).")
+    p = command("transform", "transform", "Correct new samples with a saved fit (no refit).")
     p.add_argument("input", help="h5ad of the new samples (normalized like the reference)")
     p.add_argument("--reference", required=True, help="fitted h5ad (e.g. results/corrected.h5ad)")
     p.add_argument("-o", "--output", required=True, help="h5ad file to write")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "export",
-        cmd.export,
+        "export",
         "Add the variance partition and write the final h5ad and TSV tables.",
     )
     p.add_argument("input", help="corrected h5ad")
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default="lmm", help="the fit's key")
     p.add_argument("--layer", default="corrected", help="layer written to --corrected-tsv")
 
-    p = command("plot", cmd.plot, "Plot the variance partition and PCA before/after correction.")
+    p = command("plot", "plot", "Plot the variance partition and PCA before/after correction.")
     p.add_argument("input", help="corrected h5ad")
     p.add_argument("--varpart", help="variance-partition plot (PNG)")
     p.add_argument("--pca", help="PCA before/after plot (PNG)")
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``omixed`` command line; returns the exit status."""
     args = build_parser().parse_args(argv)
+    from ._cli import _commands
+
     # Our own handler on our own logger (not the root logger), removed again at the end, so
     # that calling main() from Python leaves the caller's logging and warnings as they were.
     handler = logging.StreamHandler(sys.stderr)
@@ -167,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             warnings.showwarning = _log_warning
-            args.func(args)
+            getattr(_commands, args.func)(args)
     except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
         # KeyError's str() is the repr of its message; show the message itself.
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

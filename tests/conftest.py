@@ -1,4 +1,4 @@
-"""Shared fixtures: the independent lme4 reference fits in tests/data/reference and small designs."""
+"""Shared fixtures: the independent lme4 reference fits (tests/data/reference) and small designs."""
 
 from __future__ import annotations
 

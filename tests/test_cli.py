@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -244,6 +245,18 @@ def test_console_script_exit_status(tmp_path: Path) -> None:
     assert f"fit: no such file: {tmp_path / 'nope.h5ad'}" in proc.stderr
     assert proc.stdout == ""
     assert not out.exists()
+
+
+def test_help_loads_no_heavy_package() -> None:
+    """``omixed --help`` builds the parser without numpy, pandas, scipy, anndata or matplotlib:
+    the commands load what they use when they run (timings: benchmarks/bench_startup.py)."""
+    code = (
+        "import sys; from omixed.cli import build_parser; build_parser().format_help(); "
+        "print(*(m for m in ('numpy', 'pandas', 'scipy', 'anndata', 'matplotlib') "
+        "if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == ""
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

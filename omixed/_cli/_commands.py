@@ -2,44 +2,30 @@
 
 Every command reads its inputs, computes everything, and only then writes its outputs, each
 through :func:`omixed._utils.atomic_path`, so a failed or killed command leaves no partial file.
+Each command imports the namespaces it uses itself: a workflow step pays only for its own imports
+(``omixed.pl`` loads matplotlib, ``omixed.tl`` the engine).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .. import _fitstore, datasets, get, io, lmm, pl, pp, tl
+from .._choices import NORMALIZERS
 from .._utils import get_matrix
-from ..io._table import format_names, read_header
-from ..tl._fit import warn_failures
+from ..io._table import format_names
 from ._files import RUN_KEY, read_h5ad, record, write_h5ad, write_tsv
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("omixed.cli")
 
-READERS = {
-    "table": io.read_table,
-    "maxquant": io.read_maxquant,
-    "diann": io.read_diann,
-    "long": io.read_long,
-}
-INPUT_TYPES = ("example", "h5ad", *READERS)
-NORMALIZERS = {
-    "log_transform": pp.log_transform,
-    "median_center": pp.median_center,
-    "quantile_normalize": pp.quantile_normalize,
-    "clr": pp.clr,
-}
-
 
 def import_(args: argparse.Namespace) -> None:
+    from .. import datasets, io
+    from ..io._table import read_header
+
     if args.type in ("example", "h5ad") and args.options:
         raise ValueError(f"--options are reader options; 'omixed import {args.type}' takes none")
     if args.type == "example":
@@ -51,7 +37,7 @@ def import_(args: argparse.Namespace) -> None:
     elif args.type == "h5ad":
         adata = read_h5ad(args.path)
     else:
-        adata = READERS[args.type](args.path, **args.options)
+        adata = getattr(io, f"read_{args.type}")(args.path, **args.options)
     if args.samples is not None:
         # The sheet is the authority on sample annotations: its columns replace those the
         # data already carry (an h5ad's obs, the example's design), instead of clashing.
@@ -73,13 +59,15 @@ def import_(args: argparse.Namespace) -> None:
 
 
 def normalize(args: argparse.Namespace) -> None:
+    from .. import pp
+
     unknown = [s for s in args.steps if s not in NORMALIZERS]
     if unknown:
         raise ValueError(f"unknown normalization step(s) {unknown}; choose from {[*NORMALIZERS]}")
     adata = read_h5ad(args.input)
     for step in args.steps:
         log.info("normalize: %s", step)
-        NORMALIZERS[step](adata)
+        getattr(pp, step)(adata)
     record(adata, "normalize", {"steps": list(args.steps)})
     write_h5ad(adata, args.output)
 
@@ -102,6 +90,8 @@ def split(args: argparse.Namespace) -> None:
 
 
 def fit(args: argparse.Namespace) -> None:
+    from .. import tl
+
     adata = read_h5ad(args.input)
     tl.fit(
         adata,
@@ -119,6 +109,9 @@ def fit(args: argparse.Namespace) -> None:
 
 def merge(args: argparse.Namespace) -> None:
     """The chunk fits, stacked in the data's feature order, stored as one fit of the data."""
+    from .. import _fitstore, lmm
+    from ..tl._fit import warn_failures
+
     adata = read_h5ad(args.data)
     fits, records = [], []
     for path in args.chunks:
@@ -162,6 +155,8 @@ def merge(args: argparse.Namespace) -> None:
 
 
 def transform(args: argparse.Namespace) -> None:
+    from .. import tl
+
     adata = read_h5ad(args.input)
     reference = read_h5ad(args.reference)
     tl.transform(adata, reference, key=args.key, remove=args.remove, layer_added=args.layer_added)
@@ -171,6 +166,8 @@ def transform(args: argparse.Namespace) -> None:
 
 
 def correct(args: argparse.Namespace) -> None:
+    from .. import tl
+
     adata = read_h5ad(args.input)
     tl.correct(
         adata, key=args.key, remove=args.remove, method=args.method, layer_added=args.layer_added
@@ -186,6 +183,8 @@ def correct(args: argparse.Namespace) -> None:
 
 
 def export(args: argparse.Namespace) -> None:
+    from .. import get, tl
+
     outputs = (args.h5ad, args.corrected_tsv, args.fit_tsv, args.varpart_tsv)
     if all(path is None for path in outputs):
         raise ValueError(
@@ -208,13 +207,13 @@ def export(args: argparse.Namespace) -> None:
 
 
 def plot(args: argparse.Namespace) -> None:
+    from .. import pl
+
     if args.varpart is None and args.pca is None:
         raise ValueError("nothing to plot: give --varpart and/or --pca")
     adata = read_h5ad(args.input)
     # The plot functions save atomically themselves.
-    if args.varpart is not None:
-        if f"{args.key}_varpart" not in adata.varm:
-            tl.variance_partition(adata, key=args.key)
+    if args.varpart is not None:  # computes the variance partition if the input has none
         pl.variance_partition(adata, key=args.key, show=False, save=args.varpart)
         log.info("wrote %s", args.varpart)
     if args.pca is not None:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 
-from .. import _fitstore
 from .._docs import doc_params
 from ._utils import (
     Layers,
@@ -106,6 +105,8 @@ class Levels(NamedTuple):
 
 def fitted_levels(adata: AnnData, key: str, feature: str, groupby: str) -> Levels | None:
     """The fit's levels for ``feature``; ``None`` if ``groupby`` is not a random term of it."""
+    from .. import _fitstore  # the engine loads only when needed (``import omixed.pl`` stays quick)
+
     model = _fitstore.read(adata, key)
     term = next((t.name for t in model.spec.terms if t.group == (groupby,)), None)
     if term is None:

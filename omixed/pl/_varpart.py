@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Literal
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .. import tl
 from .._docs import doc_params
 from ._utils import finish, new_figure
 
@@ -64,6 +63,8 @@ def variance_partition(
         raise ValueError(f"kind must be 'violin' or 'box', not {kind!r}")
     table = adata.varm.get(f"{key}_varpart")
     if table is None:
+        from .. import tl  # the engine loads only when needed: plotting a stored table is quick
+
         table = tl.variance_partition(adata, key=key)
     fitted = table.dropna(how="all")
     if fitted.empty:
