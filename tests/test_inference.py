@@ -387,9 +387,11 @@ def test_moderated_df_of_a_linear_model_is_residual_plus_prior_df():
 
 @pytest.fixture(scope="module")
 def fitted():
-    """300 example features; the first has 2 observed values, too few to fit."""
+    """300 example features; the first has 2 observed values, too few to fit; the second is
+    never observed in treated samples, so its condition effect is not estimable."""
     adata = omixed.datasets.example()[:, :300].copy()
     adata.X[2:, 0] = np.nan
+    adata.X[(adata.obs["condition"] == "treated").to_numpy(), 1] = np.nan
     with pytest.warns(UserWarning, match="not fit"):
         omixed.tl.fit(adata, "~ condition + (1|batch) + (1|donor)", progress=False)
     return adata

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -95,6 +97,14 @@ def test_unfittable_features_are_flagged_not_raised():
     assert "batch has < 2 observed levels" in res.notes.iloc[4]
     assert res.blup["batch"].iloc[4].drop("B0").isna().all()
     assert res.converged.iloc[5] and res.reason.iloc[5] == ""
+
+
+def test_residual_variance_tending_to_zero_is_flagged():
+    # lme4 stops at residual SD 0.003 with a degenerate Hessian (see the README of the data)
+    data = pd.read_csv(Path(__file__).parent / "data" / "residual_to_zero" / "feature.csv")
+    res = lmm.fit(data[["y"]].to_numpy(), data, FORMULA)
+    assert res.reason.iloc[0].startswith("residual variance tends to 0")
+    assert not res.converged.iloc[0]
 
 
 def test_rank_deficient_feature_matches_fit_without_that_column():

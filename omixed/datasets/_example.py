@@ -7,7 +7,8 @@ Values are on the log2 scale. For feature ``j`` and sample ``i``
 where each random effect has its own per-feature SD, some exactly 0 (no effect at all). The truth
 (``layers["truth"]``) is ``y`` without the batch term, i.e. what a perfect batch correction returns.
 Values are then missing with a probability that rises as the measured intensity falls, as in
-mass-spectrometry proteomics.
+mass-spectrometry proteomics, and levels off at 60 %: like a table after the usual valid-value
+filter, it holds features seen in a good share of the samples, so every feature can be fit.
 
 Only ``numpy.random.default_rng(seed)`` draws random numbers: a seed gives bitwise identical data.
 """
@@ -37,7 +38,7 @@ def example(*, seed: int = 0) -> ad.AnnData:
     Per feature: mean ~ N(20, 2²); 15% of the features change with ``condition`` by
     ±(0.5 + Exp(0.75)); batch and donor SDs ~ Gamma(2, mean 0.8 resp. 0.5), each exactly 0 for
     ~20% of features; residual SD 0.4·exp(N(0, 0.35²)). About 10% of the values are missing, low
-    intensities more often (see ``uns["example"]``).
+    intensities more often, at most ~60% of a feature's (see ``uns["example"]``).
 
     Parameters
     ----------
@@ -70,6 +71,7 @@ def example(*, seed: int = 0) -> ad.AnnData:
         "sd_log_sd_resid": 0.35,
         "missing_fraction": 0.10,
         "missing_at_random": 0.02,
+        "missing_max": 0.6,
         "missing_scale": 1.0,
     }
     rng = np.random.default_rng(seed)
@@ -105,7 +107,7 @@ def example_peptides(*, seed: int = 0) -> ad.AnnData:
     the batch effect and of the sample effect (shared by a protein's peptides within a sample)
     ~ Gamma(2, mean 0.5 resp. 0.4), exactly 0 for ~20% of proteins; peptide ionisation offsets
     ~ N(0, sd_peptide²) with sd_peptide ~ Gamma(2, mean 1); residual SD 0.3·exp(N(0, 0.35²)).
-    About 15% of the values are missing, low intensities more often.
+    About 15% of the values are missing, low intensities more often, at most ~60% of a peptide's.
 
     Parameters
     ----------
@@ -143,6 +145,7 @@ def example_peptides(*, seed: int = 0) -> ad.AnnData:
         "sd_log_sd_resid": 0.35,
         "missing_fraction": 0.15,
         "missing_at_random": 0.02,
+        "missing_max": 0.6,
         "missing_scale": 1.0,
     }
     rng = np.random.default_rng(seed)
@@ -275,15 +278,17 @@ def _with_missing(
 def _missing_not_at_random(
     rng: np.random.Generator, values: np.ndarray, params: dict
 ) -> tuple[np.ndarray, float]:
-    """Draw which values go missing: P = a + (1 − a)·expit((c − y)/s), with a, s from ``params``.
+    """Draw which values go missing: P = a + (m − a)·expit((c − y)/s), with a, m, s from ``params``.
 
+    P rises from ``missing_at_random`` (a) for bright values to ``missing_max`` (m) for faint ones.
     The offset ``c`` is solved for so the expected missing fraction is
     ``params["missing_fraction"]``; returns the mask and ``c``.
     """
     at_random, scale = params["missing_at_random"], params["missing_scale"]
+    most = params["missing_max"]
 
     def probability(offset: float) -> np.ndarray:
-        return at_random + (1 - at_random) * special.expit((offset - values) / scale)
+        return at_random + (most - at_random) * special.expit((offset - values) / scale)
 
     offset = optimize.brentq(
         lambda c: probability(c).mean() - params["missing_fraction"],
