@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", help="sample sheet (TSV/CSV); its columns replace obs columns")
     p.add_argument("--sample-column", default="sample", help="sample-name column of the sheet")
     p.add_argument(
+        "--how",
+        choices=["exact", "inner"],
+        default="exact",
+        help="samples in the data but not the sheet, or the other way round: 'exact' (default) "
+        "stops and lists them, 'inner' keeps the samples in both",
+    )
+    p.add_argument(
         "--options",
         type=_json_object,
         default={},

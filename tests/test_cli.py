@@ -109,13 +109,22 @@ def test_chunked_run_equals_package_api(
     assert run_info["merge"]["omixed_version"] == omixed.__version__
 
     def read_tsv(path: Path) -> pd.DataFrame:
-        return pd.read_csv(path, sep="\t", skiprows=1, index_col=0, float_precision="round_trip")
+        # plain tables: the header comes first, nothing to skip
+        return pd.read_csv(path, sep="\t", index_col=0, float_precision="round_trip")
 
-    header = (d / "fit.tsv").read_text().splitlines()[0]
-    assert header.startswith(f"# omixed {omixed.__version__} ")
-    assert json.loads(header.split(" ", 3)[3])["fit"]["params"]["formula"] == FORMULA
+    for name in ("corrected.tsv", "fit.tsv", "vp.tsv"):
+        assert (d / name).read_text().startswith("feature\t")
+        provenance = json.loads((d / f"{name}.json").read_text())
+        assert provenance["omixed_version"] == omixed.__version__
+        assert provenance["steps"]["fit"]["params"]["formula"] == FORMULA
+        assert provenance["steps"]["export"]["command"].startswith("omixed export ")
     corrected = read_tsv(d / "corrected.tsv")
-    np.testing.assert_array_equal(corrected.T, reference.layers["corrected"])
+    # the input's feature annotations come first, then one column per sample
+    annotations = list(reference.var.columns[~reference.var.columns.str.startswith("lmm_")])
+    assert annotations == ["true_effect", "sd_batch", "sd_donor", "sd_resid"]
+    assert list(corrected.columns) == annotations + list(reference.obs_names)
+    pd.testing.assert_frame_equal(corrected[annotations], reference.var[annotations])
+    np.testing.assert_array_equal(corrected[reference.obs_names].T, reference.layers["corrected"])
     fit = read_tsv(d / "fit.tsv")
     variance = reference.varm["lmm_variance"]
     np.testing.assert_array_equal(fit["var_batch"], variance["batch"])

@@ -1,12 +1,14 @@
 """The Snakemake workflow, run for real (local executor, 2 cores) in copies of the repository.
 
 One run on the bundled example is killed once its first fit job has finished and then resumed;
-its results are compared with the package API, and a copy of it is re-run with 3 chunks.
-Commands that only read the workflow (lint, dry runs, bad configurations) run side by side.
+its results are compared with the package API; copies of it are re-run with 3 chunks, with a
+broken input and with a sample sheet that lacks a sample.  Commands that only read the workflow
+(lint, dry runs, bad configurations) run side by side.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -34,14 +36,18 @@ import omixed
 
 pytestmark = pytest.mark.workflow
 
+TABLES = ["results/corrected.tsv", "results/fit.tsv", "results/variance_partition.tsv"]
 FINAL = [
     "results/corrected.h5ad",
-    "results/corrected.tsv",
-    "results/fit.tsv",
-    "results/variance_partition.tsv",
+    *TABLES,
+    *(f"{table}.json" for table in TABLES),  # each table's provenance
     "results/plots/variance_partition.png",
     "results/plots/pca.png",
 ]
+LOGS = {
+    "import.log", "normalize.log", "split.log", "merge.log", "correct.log", "export.log",
+    "plot.log", *(f"fit/{i}-of-4.log" for i in range(1, 5)),
+}  # fmt: skip
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -104,12 +110,22 @@ def test_resumed_run_equals_package_api(
 
     for name in ("corrected", "fit", "variance_partition"):
         path = finished / f"results/{name}.tsv"
-        assert path.read_text().startswith(f"# omixed {omixed.__version__} ")
-        table = pd.read_csv(path, sep="\t", skiprows=1, index_col=0)
-        assert list(table.index) == list(reference.var_names)
+        table = pd.read_csv(path, sep="\t")  # plain: no options needed
+        assert list(table["feature"]) == list(reference.var_names)
+        provenance = json.loads(path.with_suffix(".tsv.json").read_text())
+        assert provenance["omixed_version"] == omixed.__version__
+        assert set(provenance["steps"]) == set(result.uns["omixed_run"])
+    corrected = pd.read_csv(
+        finished / "results/corrected.tsv", sep="\t", index_col=0, float_precision="round_trip"
+    )
+    np.testing.assert_array_equal(
+        corrected[reference.obs_names].to_numpy().T, reference.layers["corrected"]
+    )
+    assert list(corrected.columns[:4]) == ["true_effect", "sd_batch", "sd_donor", "sd_resid"]
     for name in ("variance_partition", "pca"):
         assert (finished / f"results/plots/{name}.png").read_bytes()[:4] == b"\x89PNG"
-    assert (finished / "logs/fit/1-of-4.log").read_text().count("wrote results/fit/1-of-4.h5ad")
+    log = finished / "results/logs/fit/1-of-4.log"
+    assert log.read_text().count("wrote results/fit/1-of-4.h5ad")
 
 
 def test_resumed_run_left_no_partial_files(finished: Path) -> None:
@@ -120,17 +136,27 @@ def test_resumed_run_left_no_partial_files(finished: Path) -> None:
         "results/fit/fitted.h5ad",
         "results/fit/corrected.h5ad",
     }
-    # exactly the outputs: no temporary (atomic-write) files, chunk h5ads and chunk fits removed
-    # as temp()
-    assert files == set(FINAL) | kept
+    # exactly the outputs and one log per job: no temporary (atomic-write) files; the chunk
+    # h5ads and chunk fits are removed as temp() once merged
+    assert files == set(FINAL) | kept | {f"results/logs/{log}" for log in LOGS}
+
+
+def chunk_files(project: Path) -> list[str]:
+    results = project / "results"
+    return sorted(str(p.relative_to(results)) for p in results.glob("*/*-of-*.*"))
 
 
 def test_three_chunks_give_identical_results(finished: Path, tmp_path: Path) -> None:
     project = shutil.copytree(finished, tmp_path / "run3", symlinks=True)
     normalized = (project / "results/data/normalized.h5ad").stat().st_mtime_ns
-    # up to the gathered fit: correct and export are deterministic functions of it
+    # a 4-chunk fit that stopped after its first chunk leaves its result behind ...
+    check(snakemake(project, "results/fit/1-of-4.h5ad"))
+    assert chunk_files(project) == ["fit/1-of-4.h5ad"]
+    # ... which a run with 3 chunks removes; its own go once merged (up to the gathered fit:
+    # correct and export are deterministic functions of it)
     check(snakemake(project, "results/fit/fitted.h5ad", "--config", "chunks=3"))
-    assert sorted(p.name for p in (project / "logs/fit").glob("*-of-3.log")) == [
+    assert chunk_files(project) == []
+    assert sorted(p.name for p in (project / "results/logs/fit").glob("*-of-3.log")) == [
         "1-of-3.log", "2-of-3.log", "3-of-3.log"
     ]  # fmt: skip
     # changing the chunk count re-ran split onward only
@@ -163,6 +189,7 @@ def read_only_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     procs = {
         "lint": start(project, "--lint"),
         "slurm": start(project, "-n", "--profile", "profiles/slurm"),
+        "output_dir": start(project, "-n", "--config", "output_dir=analysis2"),
         **{name: start(project, "-n", "--configfile", path) for name, path in bad.items()},
     }
     runs = {name: finish(proc) for name, proc in procs.items()}
@@ -185,11 +212,22 @@ def test_slurm_dry_run_shows_resources(read_only_runs: dict) -> None:
     assert all("mem_mb=4000" in r and "runtime=120" in r for r in fit_jobs)
 
 
+def test_output_dir_holds_every_output_and_log(read_only_runs: dict) -> None:
+    out = check(read_only_runs["output_dir"])
+    paths = set(re.findall(r"(?:output|log): (.*)", out))
+    files = {f.strip() for line in paths for f in line.split(",")}
+    assert "analysis2/corrected.tsv" in files and "analysis2/logs/import.log" in files
+    assert all(f.startswith("analysis2/") for f in files), files
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("unknown key", "Additional properties are not allowed ('formul' was unexpected)"),
-        ("wrong type", "'four' is not of type 'integer'"),
+        (
+            "unknown key",
+            "config: unknown key model.formul (allowed: formula, reml, remove, method)",
+        ),
+        ("wrong type", 'config: chunks is "four"; allowed: a whole number'),
         ("missing column", "term(s) ['treatment'] of the fixed effects not found"),
         ("bad remove", "cannot remove ['plate']: not in the fit"),
         ("proteins", "proteins.enabled is true"),
@@ -200,6 +238,9 @@ def test_bad_config_fails_before_any_job(read_only_runs: dict, case: str, messag
     assert result.returncode != 0
     assert message in result.stdout
     assert "Job stats" not in result.stdout
+    # one line for the problem, not a dump of the schema (Snakemake adds a few lines around it)
+    assert "Failed validating" not in result.stdout
+    assert len(result.stdout.splitlines()) <= 8, result.stdout
     project = read_only_runs["project"]
     assert not (project / "results").exists()
     assert not (project / "logs").exists()
@@ -237,3 +278,56 @@ def test_report_includes_plots(finished: Path, after_finish: dict) -> None:
     html = (finished / "report.html").read_text(errors="replace")
     assert "variance_partition.png" in html
     assert "pca.png" in html
+
+
+@pytest.fixture(scope="module")
+def broken_runs(finished: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Copies of the finished run, rerun with a broken input table and with a sample sheet that
+    lacks a sample (then again with ``samples.how: inner``), started together."""
+    broken = shutil.copytree(finished, tmp_path_factory.mktemp("broken") / "p", symlinks=True)
+    # a gene-name column the reader was not told about (input.options.annotation_cols)
+    table = omixed.datasets.example()[:, :50].to_df().T.rename_axis("feature")
+    table.insert(0, "gene", [f"GENE{i}" for i in range(50)])
+    table.to_csv(broken / "table.tsv", sep="\t")
+    bad_input = write_config(
+        broken, "t.yaml", input={"type": "table", "path": "table.tsv"}, normalize={"steps": []}
+    )
+    sheet = shutil.copytree(finished, tmp_path_factory.mktemp("sheet") / "p", symlinks=True)
+    samples = pd.read_csv(sheet / "config/samples.tsv", sep="\t")
+    samples.iloc[:-1].to_csv(sheet / "config/fewer.tsv", sep="\t", index=False)
+    exact = write_config(sheet, "x.yaml", samples={"path": "config/fewer.tsv"})
+    inner = write_config(sheet, "i.yaml", samples={"path": "config/fewer.tsv", "how": "inner"})
+    procs = {
+        "input": start(broken, "--configfile", bad_input),
+        "exact": start(sheet, "--configfile", exact),
+    }
+    runs = {name: finish(proc) for name, proc in procs.items()}
+    # after the failure, so that the two do not share the lock on the project
+    target = ("results/data/imported.h5ad", "--configfile", inner)
+    runs["inner"] = snakemake(sheet, *target)
+    runs["projects"] = {"input": broken, "sheet": sheet, "missing": samples["sample"].iloc[-1]}
+    return runs
+
+
+def test_broken_input_shows_its_cause_and_leaves_no_outdated_outputs(broken_runs: dict) -> None:
+    result = broken_runs["input"]
+    assert result.returncode != 0
+    # the failed job's log is printed: its last line is the error, naming file, row and column
+    error = next(line for line in result.stdout.splitlines() if "omixed ERROR" in line)
+    assert "import: table.tsv: " in error and "'gene'" in error
+    project = broken_runs["projects"]["input"]
+    # the finished run's results were for the old input: removed when the new run started
+    left = [p for p in (project / "results").rglob("*") if p.is_file() and "logs" not in p.parts]
+    assert left == []
+
+
+def test_sample_sheet_mismatch_names_the_samples_and_the_setting(broken_runs: dict) -> None:
+    result = broken_runs["exact"]
+    assert result.returncode != 0
+    error = next(line for line in result.stdout.splitlines() if "omixed ERROR" in line)
+    missing = broken_runs["projects"]["missing"]
+    assert f"samples of adata missing from config/fewer.tsv: {missing!r}" in error
+    assert "samples.how in the workflow config" in error
+    check(broken_runs["inner"])
+    imported = ad.read_h5ad(broken_runs["projects"]["sheet"] / "results/data/imported.h5ad")
+    assert imported.n_obs == 47 and missing not in imported.obs_names

@@ -9,7 +9,10 @@ Each command imports the namespaces it uses itself: a workflow step pays only fo
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
+import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +21,9 @@ from .._choices import NORMALIZERS
 from .._utils import get_matrix
 from ..io._table import format_names
 from ._files import RUN_KEY, read_h5ad, record, write_h5ad, write_tsv
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 log = logging.getLogger("omixed.cli")
 
@@ -37,13 +43,24 @@ def import_(args: argparse.Namespace) -> None:
     elif args.type == "h5ad":
         adata = read_h5ad(args.path)
     else:
-        adata = getattr(io, f"read_{args.type}")(args.path, **args.options)
+        reader = getattr(io, f"read_{args.type}")
+        options = {
+            name: (f"--options '{{\"{name}\": ...}}'", f"input.options.{name}")
+            for name in list(inspect.signature(reader).parameters)[1:]
+        }
+        try:
+            adata = reader(args.path, **args.options)
+        except ValueError as err:
+            raise _where_to_set(err, options) from err
     if args.samples is not None:
         # The sheet is the authority on sample annotations: its columns replace those the
         # data already carry (an h5ad's obs, the example's design), instead of clashing.
         columns, _ = read_header(args.samples)
         adata.obs = adata.obs.drop(columns=[c for c in columns if c in adata.obs.columns])
-        io.join_sample_sheet(adata, args.samples, sample_col=args.sample_column)
+        try:
+            io.join_sample_sheet(adata, args.samples, sample_col=args.sample_column, how=args.how)
+        except ValueError as err:
+            raise _where_to_set(err, {"how": ("--how", "samples.how")}) from err
     record(
         adata,
         "import",
@@ -53,9 +70,26 @@ def import_(args: argparse.Namespace) -> None:
             "options": args.options,
             "samples": args.samples,
             "sample_column": args.sample_column,
+            "how": args.how,
         },
     )
     write_h5ad(adata, args.output)
+
+
+def _where_to_set(err: ValueError, options: dict[str, tuple[str, str]]) -> ValueError:
+    """``err``, plus where the options it suggests (``name=...``) are set, if it suggests any.
+
+    ``options`` maps an option to how it is given on the command line and its key in the
+    workflow's config, so that a hint written for the Python API can be followed everywhere.
+    """
+    named = [name for name in options if re.search(rf"\b{name}=", str(err))]
+    if not named:
+        return err
+    where = "; ".join(
+        f"{name}: {options[name][0]} on the command line, {options[name][1]} in the workflow config"
+        for name in named
+    )
+    return ValueError(f"{err} ({where})")
 
 
 def normalize(args: argparse.Namespace) -> None:
@@ -197,13 +231,26 @@ def export(args: argparse.Namespace) -> None:
     if args.h5ad is not None:
         write_h5ad(adata, args.h5ad)
     if args.corrected_tsv is not None:
-        values = get_matrix(adata, args.layer)
-        table = pd.DataFrame(values.T, index=adata.var_names, columns=adata.obs_names)
-        write_tsv(table.rename_axis("feature"), args.corrected_tsv, run)
+        write_tsv(corrected_table(adata, args.key, args.layer), args.corrected_tsv, run)
     if args.fit_tsv is not None:
         write_tsv(get.fit_df(adata, key=args.key), args.fit_tsv, run)
     if args.varpart_tsv is not None:
         write_tsv(varpart.rename_axis("feature"), args.varpart_tsv, run)
+
+
+def corrected_table(adata: AnnData, key: str, layer: str) -> pd.DataFrame:
+    """Features × (their annotations from the input, e.g. gene names, then the samples)."""
+    annotations = adata.var.loc[:, ~adata.var.columns.str.startswith(f"{key}_")]
+    clash = annotations.columns.intersection(adata.obs_names)
+    if len(clash):
+        raise ValueError(
+            f"var column(s) {format_names(clash)} have the names of samples; rename them "
+            "(adata.var) so the corrected table can hold both"
+        )
+    values = pd.DataFrame(
+        get_matrix(adata, layer).T, index=adata.var_names, columns=adata.obs_names
+    )
+    return pd.concat([annotations, values], axis=1).rename_axis("feature")
 
 
 def plot(args: argparse.Namespace) -> None:

@@ -3,8 +3,9 @@
 Provenance lives in ``adata.uns["omixed_run"]``: one entry per step (``import``, ``normalize``,
 ``fit``, ...) holding the package version, the command line and the step's parameters as JSON
 (JSON rather than nested h5ad groups: h5ad cannot store None or lists of mixed types).  TSV
-outputs carry the same record on a first line ``# omixed <version> <json>``; read them with
-``pandas.read_csv(path, sep="\\t", skiprows=1, index_col=0)``.
+outputs are plain tables (header first, so R's ``read.delim`` and ``pandas.read_csv(path,
+sep="\\t")`` read them without options); the same record goes to a JSON file beside each,
+``<name>.tsv.json``.
 """
 
 from __future__ import annotations
@@ -66,12 +67,16 @@ def write_h5ad(adata: AnnData, path: str | os.PathLike) -> None:
 
 
 def write_tsv(table: pd.DataFrame, path: str | os.PathLike, run: dict[str, Any]) -> None:
-    """Write ``table`` as TSV under a ``# omixed <version> <run record as JSON>`` line."""
-    header = f"# omixed {__version__} {json.dumps(_decoded(run), sort_keys=True)}\n"
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(header)
-        table.to_csv(fh, sep="\t")
-    log.info("wrote %s (%d rows × %d columns)", path, *table.shape)
+    """Write ``table`` as a plain TSV and its provenance to ``<path>.json``.
+
+    The JSON holds the omixed version and the run record of every step (``uns["omixed_run"]``).
+    """
+    provenance = {"omixed_version": __version__, "steps": _decoded(run)}
+    with atomic_path(f"{os.fspath(path)}.json") as tmp:
+        tmp.write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t")
+    log.info("wrote %s (%d rows × %d columns) and its provenance %s.json", path, *table.shape, path)
 
 
 def _decoded(run: dict[str, Any]) -> dict[str, Any]:

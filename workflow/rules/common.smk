@@ -4,14 +4,60 @@
 
 import inspect
 import json
+import re
 import shlex
 from pathlib import Path
 
+import jsonschema
 import pandas as pd
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-validate(config, schema="../schemas/config.schema.yaml")
+SCHEMAS = Path(workflow.basedir) / "schemas"
+TYPES = {"integer": "a whole number", "string": "text", "object": "keys with values",
+         "array": "a list", "boolean": "true or false", "number": "a number"}
+
+
+def _problem(error):
+    """One line for a schema violation: the key, its value and what is allowed."""
+    key = ".".join(map(str, error.absolute_path))
+    kind, rule, value = error.validator, error.validator_value, error.instance
+    if kind == "additionalProperties":
+        known = list(error.schema.get("properties", {}))
+        unknown = sorted(set(value) - set(known))[0]
+        return f"unknown key {f'{key}.' if key else ''}{unknown} (allowed: {', '.join(known)})"
+    if kind == "required":
+        missing = [name for name in rule if name not in value]
+        return f"{', '.join(missing)} missing{f' in {key}' if key else ''} (required)"
+    allowed = {
+        "enum": lambda: "one of " + ", ".join(map(str, rule)),
+        "type": lambda: (
+            "keys " + ", ".join(error.schema["properties"])
+            if rule == "object" and "properties" in error.schema
+            else TYPES.get(rule, rule)
+        ),
+        "minimum": lambda: f"a number ≥ {rule}",
+        "minLength": lambda: "non-empty text",
+        "minItems": lambda: f"a list of at least {rule} item(s)",
+        "pattern": lambda: f"text matching {rule!r}",
+    }.get(kind, lambda: error.message)()
+    return f"{key} is {json.dumps(value, default=str)}; allowed: {allowed}"
+
+
+def _check(instance, schema_file, where):
+    """Validate against a schema; the first problem stops the run as one line."""
+    schema = yaml.safe_load((SCHEMAS / schema_file).read_text())
+    errors = jsonschema.Draft202012Validator(schema).iter_errors(instance)
+    error = jsonschema.exceptions.best_match(errors)
+    if error is not None:
+        raise WorkflowError(f"{where}: {_problem(error)}")
+
+
+_check(config, "config.schema.yaml", "config")
+validate(config, schema="../schemas/config.schema.yaml")  # fills in the defaults
+OUT = config["output_dir"].rstrip("/")
+LOGS = f"{OUT}/logs"
 
 # Imported after the schema check, which then fails without waiting for the package to load.
 import omixed
@@ -42,12 +88,14 @@ def _reader_options():
 
 def _sample_table():
     """The sample annotations the model will see: the sheet, or the obs of example/h5ad input."""
-    kind, sheet = config["input"]["type"], config["samples"]
+    kind, sheet = config["input"]["type"], config["samples"]["path"]
     if sheet:
-        _require_file(sheet, "samples")
+        _require_file(sheet, "samples.path")
         sep = "," if Path(sheet).suffix.lower() == ".csv" else "\t"
         table = pd.read_csv(sheet, sep=sep, dtype={"sample": str})
-        validate(table, schema="../schemas/samples.schema.yaml")
+        for row, record in enumerate(table.to_dict("records"), start=2):
+            present = {k: v for k, v in record.items() if not pd.isna(v)}
+            _check(present, "samples.schema.yaml", f"{sheet}, line {row}")
         return table
     if kind == "example":
         return omixed.datasets.example().obs
@@ -55,7 +103,7 @@ def _sample_table():
         import anndata
 
         return anndata.read_h5ad(config["input"]["path"], backed="r").obs.copy()
-    raise WorkflowError(f"config: input type {kind!r} needs a sample sheet (samples: path/to/samples.tsv)")
+    raise WorkflowError(f"config: input type {kind!r} needs a sample sheet (samples.path: path/to/samples.tsv)")
 
 
 def _check_model(samples):
@@ -100,8 +148,8 @@ def import_input(wildcards):
     files = {}
     if config["input"]["type"] != "example":
         files["data"] = config["input"]["path"]
-    if config["samples"]:
-        files["samples"] = config["samples"]
+    if config["samples"]["path"]:
+        files["samples"] = config["samples"]["path"]
     return files
 
 
@@ -109,16 +157,31 @@ def import_args(wildcards, input):
     """Arguments of `omixed import` after the input type."""
     args = [input.data] if "data" in input.keys() else []
     if "samples" in input.keys():
-        args += ["--samples", input.samples]
+        args += ["--samples", input.samples, "--how", config["samples"]["how"]]
     return shlex.join(args)
 
 
 def final_outputs():
+    tables = [f"{OUT}/{name}.tsv" for name in ("corrected", "fit", "variance_partition")]
     return [
-        "results/corrected.h5ad",
-        "results/corrected.tsv",
-        "results/fit.tsv",
-        "results/variance_partition.tsv",
-        "results/plots/variance_partition.png",
-        "results/plots/pca.png",
+        f"{OUT}/corrected.h5ad",
+        *tables,
+        *(f"{table}.json" for table in tables),
+        f"{OUT}/plots/variance_partition.png",
+        f"{OUT}/plots/pca.png",
     ]
+
+
+def remove_outdated_outputs():
+    """Delete, before any job starts, every output this run will make again, and chunk files of
+    another chunk count: after a failed or interrupted run, what is left is current."""
+    if workflow.touch:
+        return
+    for job in workflow.dag.needrun_jobs():
+        for path in job.output:
+            Path(path).unlink(missing_ok=True)
+    current = set(chunk_ids())
+    for path in [*Path(OUT).glob("chunks/*-of-*.*"), *Path(OUT).glob("fit/*-of-*.*")]:
+        chunk = re.match(r"\d+-of-\d+", path.name)
+        if chunk and chunk.group() not in current:
+            path.unlink()

@@ -2,11 +2,11 @@ if config["mode"] == "fit":
 
     rule correct:
         input:
-            "results/fit/fitted.h5ad",
+            f"{OUT}/fit/fitted.h5ad",
         output:
-            "results/fit/corrected.h5ad",
+            f"{OUT}/fit/corrected.h5ad",
         log:
-            "logs/correct.log",
+            f"{LOGS}/correct.log",
         params:
             terms=config["model"]["remove"],
             method=config["model"]["method"],
@@ -24,12 +24,12 @@ else:  # transform: correct the new samples with a saved fit, no refit
 
     rule transform:
         input:
-            data="results/data/normalized.h5ad",
+            data=f"{OUT}/data/normalized.h5ad",
             reference=config["reference"],
         output:
-            "results/fit/corrected.h5ad",
+            f"{OUT}/fit/corrected.h5ad",
         log:
-            "logs/transform.log",
+            f"{LOGS}/transform.log",
         params:
             terms=config["model"]["remove"],
         threads: res("correct", "threads")
@@ -45,14 +45,16 @@ else:  # transform: correct the new samples with a saved fit, no refit
 
 rule export:
     input:
-        "results/fit/corrected.h5ad",
+        f"{OUT}/fit/corrected.h5ad",
     output:
-        h5ad="results/corrected.h5ad",
-        corrected="results/corrected.tsv",
-        fit="results/fit.tsv",
-        varpart="results/variance_partition.tsv",
+        h5ad=f"{OUT}/corrected.h5ad",
+        corrected=f"{OUT}/corrected.tsv",
+        fit=f"{OUT}/fit.tsv",
+        varpart=f"{OUT}/variance_partition.tsv",
+        # provenance of each table (omixed_run of the h5ad), written beside it by `omixed export`
+        provenance=[f"{OUT}/{name}.tsv.json" for name in ("corrected", "fit", "variance_partition")],
     log:
-        "logs/export.log",
+        f"{LOGS}/export.log",
     threads: res("export", "threads")
     resources:
         mem_mb=res("export", "mem_mb"),

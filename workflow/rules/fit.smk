@@ -1,14 +1,15 @@
 # Scatter the features over `chunks` jobs and gather the fits: the engine is chunk-invariant,
-# so the merged fit equals one fit of all features.
+# so the merged fit equals one fit of all features.  Chunk files are temporary: once merged they
+# are removed, and files of another chunk count are removed when a run starts (common.smk).
 
 
 rule split:
     input:
-        "results/data/normalized.h5ad",
+        f"{OUT}/data/normalized.h5ad",
     output:
-        temp(expand("results/chunks/{chunk}.h5ad", chunk=chunk_ids())),
+        temp(expand(f"{OUT}/chunks/{{chunk}}.h5ad", chunk=chunk_ids())),
     log:
-        "logs/split.log",
+        f"{LOGS}/split.log",
     threads: res("split", "threads")
     resources:
         mem_mb=res("split", "mem_mb"),
@@ -21,11 +22,11 @@ rule split:
 
 rule fit:
     input:
-        "results/chunks/{chunk}.h5ad",
+        f"{OUT}/chunks/{{chunk}}.h5ad",
     output:
-        temp("results/fit/{chunk}.h5ad"),
+        temp(f"{OUT}/fit/{{chunk}}.h5ad"),  # merged into fit/fitted.h5ad, then removed
     log:
-        "logs/fit/{chunk}.log",
+        f"{LOGS}/fit/{{chunk}}.log",
     params:
         formula=config["model"]["formula"],
         method="" if config["model"]["reml"] else "--ml",
@@ -42,12 +43,12 @@ rule fit:
 
 rule merge:
     input:
-        data="results/data/normalized.h5ad",
-        chunks=expand("results/fit/{chunk}.h5ad", chunk=chunk_ids()),
+        data=f"{OUT}/data/normalized.h5ad",
+        chunks=expand(f"{OUT}/fit/{{chunk}}.h5ad", chunk=chunk_ids()),
     output:
-        "results/fit/fitted.h5ad",
+        f"{OUT}/fit/fitted.h5ad",
     log:
-        "logs/merge.log",
+        f"{LOGS}/merge.log",
     threads: res("merge", "threads")
     resources:
         mem_mb=res("merge", "mem_mb"),

@@ -2,9 +2,9 @@ rule import_data:
     input:
         unpack(import_input),
     output:
-        "results/data/imported.h5ad",
+        f"{OUT}/data/imported.h5ad",
     log:
-        "logs/import.log",
+        f"{LOGS}/import.log",
     params:
         type=config["input"]["type"],
         args=import_args,

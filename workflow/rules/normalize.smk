@@ -1,10 +1,10 @@
 rule normalize:
     input:
-        "results/data/imported.h5ad",
+        f"{OUT}/data/imported.h5ad",
     output:
-        "results/data/normalized.h5ad",
+        f"{OUT}/data/normalized.h5ad",
     log:
-        "logs/normalize.log",
+        f"{LOGS}/normalize.log",
     params:
         steps=config["normalize"]["steps"],
     threads: res("normalize", "threads")

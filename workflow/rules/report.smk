@@ -1,19 +1,19 @@
 rule plot:
     input:
-        "results/corrected.h5ad",
+        f"{OUT}/corrected.h5ad",
     output:
         varpart=report(
-            "results/plots/variance_partition.png",
+            f"{OUT}/plots/variance_partition.png",
             caption="../report/variance_partition.rst",
             category="Batch correction",
         ),
         pca=report(
-            "results/plots/pca.png",
+            f"{OUT}/plots/pca.png",
             caption="../report/pca.rst",
             category="Batch correction",
         ),
     log:
-        "logs/plot.log",
+        f"{LOGS}/plot.log",
     threads: res("plot", "threads")
     resources:
         mem_mb=res("plot", "mem_mb"),
