@@ -161,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``omixed`` command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     from ._cli import _commands
+    from ._cli._files import ARGV
 
     # Our own handler on our own logger (not the root logger), removed again at the end, so
     # that calling main() from Python leaves the caller's logging and warnings as they were.
@@ -172,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = root.level
     root.addHandler(handler)
     root.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    token = ARGV.set(argv)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -183,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s: %s", args.command, message)
         return 1
     finally:
+        ARGV.reset(token)
         root.removeHandler(handler)
         root.setLevel(level)
     return 0

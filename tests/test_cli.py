@@ -198,6 +198,32 @@ def test_import_example_sheet_replaces_design(tmp_path: Path) -> None:
     assert list(obs["condition"]) == list(sheet["condition"])
 
 
+def test_sample_sheet_mismatch_says_where_how_is_set(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sheet = omixed.datasets.example().obs.rename_axis("sample").iloc[:-1]
+    sheet.to_csv(tmp_path / "samples.tsv", sep="\t")
+    argv = ["import", "example", "--samples", tmp_path / "samples.tsv", "-o", tmp_path / "x.h5ad"]
+    assert run(*argv) == 1
+    assert "missing from" in caplog.text and "'S47'" in caplog.text
+    assert "(how: --how on the command line, samples.how in the workflow config)" in caplog.text
+    assert run(*argv, "--how", "inner") == 0
+    assert ad.read_h5ad(tmp_path / "x.h5ad").n_obs == 47
+
+
+def test_reader_hints_say_where_the_option_is_set() -> None:
+    from omixed._cli._commands import _where_to_set
+
+    options = {"annotation_cols": ("--options", "input.options.annotation_cols")}
+    hint = "t.tsv: column 'gene' is not numeric; pass annotation_cols=['gene']"
+    assert str(_where_to_set(ValueError(hint), options)) == (
+        f"{hint} (annotation_cols: --options on the command line, "
+        "input.options.annotation_cols in the workflow config)"
+    )
+    plain = ValueError("t.tsv: no such file")  # names no option: unchanged
+    assert _where_to_set(plain, options) is plain
+
+
 def test_plot_writes_pngs(tmp_path: Path, reference: ad.AnnData) -> None:
     reference.write_h5ad(tmp_path / "corrected.h5ad")
     out = [tmp_path / "vp.png", tmp_path / "pca.png"]

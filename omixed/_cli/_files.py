@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import shlex
-import sys
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 RUN_KEY = "omixed_run"
+# The arguments of the running command (set by omixed.cli.main, also when called from Python).
+ARGV: ContextVar[list[str]] = ContextVar("argv")
 log = logging.getLogger("omixed.cli")
 
 
@@ -48,7 +50,7 @@ def run_record(params: dict[str, Any]) -> dict[str, str]:
     """The provenance entry of one step: version, command line and parameters."""
     return {
         "omixed_version": __version__,
-        "command": shlex.join(["omixed", *sys.argv[1:]]),
+        "command": shlex.join(["omixed", *ARGV.get()]),
         "params": json.dumps(params, sort_keys=True, default=str),
     }
 
