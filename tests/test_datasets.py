@@ -189,3 +189,47 @@ def _seconds(make) -> float:
     start = time.perf_counter()
     make()
     return time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return datasets.example_files(directory=tmp_path_factory.mktemp("files"))
+
+
+def test_example_files_hold_the_peptides_in_both_formats(files: dict, peptides) -> None:
+    import omixed
+
+    maxquant = omixed.io.read_maxquant(files["maxquant"])
+    diann = omixed.io.read_diann(files["diann"])
+    assert list(maxquant.obs_names) == list(peptides.obs_names) == list(diann.obs_names)
+    assert sorted(maxquant.var_names) == sorted(diann.var_names)
+    assert maxquant.n_vars == peptides.n_vars
+    # peptides keep their order and protein; values are 2**y, whole numbers in MaxQuant's
+    # table (so log2 is off by at most 0.5 / 2**min(y) / ln 2) and 6 digits in DIA-NN's
+    assert list(maxquant.var["protein"]) == list(peptides.var["protein"].astype(str))
+    bound = 0.5 / 2 ** np.nanmin(peptides.X) / np.log(2)
+    np.testing.assert_allclose(np.log2(maxquant.X), peptides.X, rtol=0, atol=bound)
+    dia = np.log2(diann[:, maxquant.var_names].X)
+    np.testing.assert_allclose(dia, np.log2(maxquant.X), rtol=0, atol=5e-6 / np.log(2))
+    sheet = pd.read_csv(files["samples"], sep="\t", index_col="sample")
+    pd.testing.assert_frame_equal(
+        sheet, peptides.obs[["batch", "condition"]].astype(str).rename_axis("sample")
+    )
+
+
+def test_example_files_sequences_agree_with_their_protein(files: dict) -> None:
+    table = pd.read_csv(files["maxquant"], sep="\t", keep_default_na=False)
+    assert table["Sequence"].is_unique
+    assert (table["End position"] - table["Start position"] + 1 == table["Length"]).all()
+    assert table["Sequence"].str[-1].isin(["K", "R"]).all()  # tryptic
+    protein = table.groupby("Proteins", sort=False)["Sequence"].agg("".join)
+    for _, row in table.sample(50, random_state=0).iterrows():
+        full = protein[row["Proteins"]]
+        start, end = row["Start position"], row["End position"]
+        assert full[start - 1 : end] == row["Sequence"]
+        assert row["Amino acid before"] == (full[start - 2] if start > 1 else "-")
+        assert row["Amino acid after"] == (full[end] if end < len(full) else "-")
+    # monoisotopic mass of GAHAVLWMLAGTFR (hand-summed residues + water): 1528.79726
+    first = table.iloc[0]
+    assert first["Sequence"] == "GAHAVLWMLAGTFR"
+    assert first["Mass"] == pytest.approx(1528.79726, abs=1e-5)
