@@ -8,9 +8,9 @@ where the step's own work is small: its time is about the fixed cost each job of
 pays (``import`` simulates the full example data, as the workflow's first job does).
 
 Part 2 (``--workflow``) runs the example workflow (``snakemake --cores 2`` in a fresh copy of
-``workflow/``, ``config/`` and ``profiles/``, 11 jobs plus Snakemake's own start) and, as its peer, the same steps through
-the Python API in one fresh process (example data, median centring, fit, correction, variance
-partition, both plots written to PNG), and prints both wall times.
+``workflow/``, ``config/`` and ``profiles/``: 11 jobs and Snakemake's own start) and, as its
+peer, the same steps through the Python API in one fresh process (example data, median centring,
+fit, correction, variance partition, both plots written to PNG), and prints both wall times.
 
 Usage: ``python benchmarks/bench_startup.py [--repeats 5] [--workflow]``.
 """

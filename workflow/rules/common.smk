@@ -173,13 +173,16 @@ def final_outputs():
 
 
 def remove_outdated_outputs():
-    """Delete, before any job starts, every output this run will make again, and chunk files of
-    another chunk count: after a failed or interrupted run, what is left is current."""
+    """Delete, before any job starts, every output this run will make again, chunk files of
+    another chunk count and the temporary files of killed jobs: after a failed or interrupted
+    run, what is left is current."""
     if workflow.touch:
         return
     for job in workflow.dag.needrun_jobs():
         for path in job.output:
             Path(path).unlink(missing_ok=True)
+    for path in Path(OUT).rglob(".*.tmp"):  # omixed writes each file as .<name>.<random>.tmp
+        path.unlink()
     current = set(chunk_ids())
     for path in [*Path(OUT).glob("chunks/*-of-*.*"), *Path(OUT).glob("fit/*-of-*.*")]:
         chunk = re.match(r"\d+-of-\d+", path.name)
