@@ -177,6 +177,7 @@ def test_three_chunks_give_identical_results(finished: Path, tmp_path: Path) -> 
 def read_only_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Lint, dry runs and bad configurations, started together (each only reads the workflow)."""
     project = make_project(tmp_path_factory.mktemp("static"))
+    (project / "outer.smk").write_text('include: "workflow/Snakefile"\n')
     bad = {
         "unknown key": write_config(project, "a.yaml", model={"formul": "~ condition"}),
         "wrong type": write_config(project, "b.yaml", chunks="four"),
@@ -190,6 +191,8 @@ def read_only_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "lint": start(project, "--lint"),
         "slurm": start(project, "-n", "--profile", "profiles/slurm"),
         "output_dir": start(project, "-n", "--config", "output_dir=analysis2"),
+        # the workflow included from a Snakefile elsewhere (as tests/test_slurm.py does)
+        "included": start(project, "-n", "--snakefile", "outer.smk", "results/corrected.h5ad"),
         **{name: start(project, "-n", "--configfile", path) for name, path in bad.items()},
     }
     runs = {name: finish(proc) for name, proc in procs.items()}
@@ -210,6 +213,10 @@ def test_slurm_dry_run_shows_resources(read_only_runs: dict) -> None:
     fit_jobs = re.findall(r"rule fit:.*?resources: ([^\n]*)", out, re.S)
     assert len(fit_jobs) == 4
     assert all("mem_mb=4000" in r and "runtime=120" in r for r in fit_jobs)
+
+
+def test_workflow_can_be_included_from_another_snakefile(read_only_runs: dict) -> None:
+    assert job_counts(check(read_only_runs["included"]))["fit"] == 4
 
 
 def test_output_dir_holds_every_output_and_log(read_only_runs: dict) -> None:
@@ -315,6 +322,8 @@ def test_broken_input_shows_its_cause_and_leaves_no_outdated_outputs(broken_runs
     # the failed job's log is printed: its last line is the error, naming file, row and column
     error = next(line for line in result.stdout.splitlines() if "omixed ERROR" in line)
     assert "import: table.tsv: " in error and "'gene'" in error
+    # the reader's hint (annotation_cols=...) says where the workflow takes it
+    assert "input.options.annotation_cols in the workflow config" in error
     project = broken_runs["projects"]["input"]
     # the finished run's results were for the old input: removed when the new run started
     left = [p for p in (project / "results").rglob("*") if p.is_file() and "logs" not in p.parts]

@@ -14,7 +14,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-SCHEMAS = Path(workflow.basedir) / "schemas"
+SCHEMAS = Path(workflow.current_basedir).parent / "schemas"  # also when included elsewhere
 TYPES = {"integer": "a whole number", "string": "text", "object": "keys with values",
          "array": "a list", "boolean": "true or false", "number": "a number"}
 
