@@ -25,32 +25,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from . import lmm
+from ._choices import check_key
 
 if TYPE_CHECKING:
     import os
 
     from anndata import AnnData
 
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VAR = ("criterion", "converged", "n_obs", "n_iter", "reason", "notes")
 _VARM = ("beta", "se", "variance", "theta")
-
-
-def check_key(key: str) -> str:
-    """A key that round-trips through h5ad: letters, digits, ``_ . -`` (no ``/``)."""
-    if not isinstance(key, str) or not _KEY.match(key):
-        raise ValueError(
-            f"key {key!r} cannot be stored: use letters, digits, '_', '.' or '-' (no '/' or "
-            "spaces), starting with a letter or digit"
-        )
-    return key
 
 
 def info(adata: AnnData, key: str) -> dict:

@@ -56,24 +56,62 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     such as ``/dev/null``, a link) is refused before anything is written.  Temporary files that
     a killed earlier write to the same target left behind are removed.
     """
-    target = Path(path)
-    check_writable(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with atomic_paths([path]) as (tmp,):
+        yield tmp
+
+
+@contextmanager
+def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for several files written together: all of them or none.
+
+    Every target is checked before anything is written; the temporary files are renamed onto
+    their targets only once the block has written all of them.
+    """
+    targets = [Path(p) for p in paths]
+    for target in targets:
+        check_writable(target)
+    staged: list[Path] = []
     try:
-        yield tmp_path
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+                stale.unlink(missing_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            staged.append(Path(tmp))
+        yield staged
+        # mkstemp creates 0600 files; give the results the permissions a plain open() would.
         umask = os.umask(0)
         os.umask(umask)
-        tmp_path.chmod(0o666 & ~umask)
-        os.replace(tmp_path, target)
+        for tmp in staged:
+            tmp.chmod(0o666 & ~umask)
+        for tmp, target in zip(staged, targets, strict=True):
+            os.replace(tmp, target)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
+
+
+def check_outputs(inputs: list[str | os.PathLike], outputs: list[str | os.PathLike]) -> None:
+    """Refuse, before any work, outputs that are inputs, repeat each other or cannot be written."""
+    seen: dict[Path, str] = {}
+    given = [os.fspath(p) for p in inputs]
+    for output in outputs:
+        target = Path(output)
+        resolved = target.resolve()
+        if resolved in seen:
+            raise ValueError(f"{output} is given as two outputs; each output needs its own path")
+        seen[resolved] = os.fspath(output)
+        for source in given:
+            same = Path(source).resolve() == resolved or (
+                target.exists() and Path(source).exists() and os.path.samefile(source, target)
+            )
+            if same:
+                raise ValueError(
+                    f"the output {output} is the input {source}: writing it would destroy the "
+                    "input; choose another output path"
+                )
+        check_writable(target)
 
 
 def check_writable(target: Path) -> None:
@@ -82,5 +120,7 @@ def check_writable(target: Path) -> None:
         kind = "a link" if target.is_symlink() else "not a regular file"
         raise ValueError(f"refusing to write {target}: it is {kind}; choose a new file path")
     folder = next((p for p in (target.parent, *target.parent.parents) if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise ValueError(f"cannot write {target}: {folder} is a file, not a folder")
     if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {target}: the folder {folder} is not writable")

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("split", "split", "Split the features into contiguous chunks, one h5ad each.")
     p.add_argument("input", help="h5ad file")
     p.add_argument("-o", "--output", nargs="+", required=True, help="one h5ad per chunk, in order")
+    p.add_argument("--by", help="keep features with the same value of this var column together")
 
     p = command("fit", "fit", "Fit a linear mixed model to every feature.")
     p.add_argument("input", help="h5ad file")
@@ -107,11 +108,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default="lmm", help="prefix of the stored results")
     p.add_argument("--threads", type=_positive, default=1, help="worker processes")
 
-    p = command("merge", "merge", "Combine the fits of feature chunks into one fitted h5ad.")
-    p.add_argument("chunks", nargs="+", help="fitted h5ad files of 'omixed fit', one per chunk")
-    p.add_argument("--data", required=True, help="the h5ad that was split (receives the fit)")
+    p = command("merge", "merge", "Combine the fits of chunks into one fitted h5ad.")
+    p.add_argument(
+        "chunks", nargs="+", help="fitted h5ad files of 'omixed fit' or 'omixed summarize'"
+    )
+    p.add_argument("--data", help="for 'omixed fit' chunks: the h5ad that was split")
     p.add_argument("-o", "--output", required=True, help="fitted h5ad to write")
     p.add_argument("--key", default="lmm", help="the fit's key in the chunk files")
+
+    p = command(
+        "summarize", "summarize", "Summarise peptides to proteins: one mixed model per protein."
+    )
+    p.add_argument("input", help="h5ad of samples × peptides (log scale)")
+    p.add_argument("-o", "--output", required=True, help="h5ad of samples × proteins to write")
+    p.add_argument("--protein-key", default="protein", help="var column naming each protein")
+    p.add_argument(
+        "--formula",
+        help="model per protein (default: ~ condition + (1|batch) + (1|sample) + (1|peptide) "
+        "with the condition and batch parts where the samples have those columns)",
+    )
+    p.add_argument(
+        "--remove",
+        nargs="*",
+        help="random terms removed for the corrected layer (default: all but sample and peptide)",
+    )
+    p.add_argument("--min-peptides", type=_positive, default=1, help="fewer: protein left out")
+    p.add_argument("--robust", action="store_true", help="Huber M-estimation, as msqrob2")
+    p.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
+    p.add_argument("--key", default="lmm", help="prefix of the stored results")
+    p.add_argument("--threads", type=_positive, default=1, help="worker processes")
+
+    p = command("test", "test", "Test a contrast in every feature: a table and a volcano plot.")
+    p.add_argument("input", help="fitted h5ad (omixed fit / merge / summarize)")
+    p.add_argument("--contrast", required=True, help='e.g. "condition[T.treated]"')
+    p.add_argument("--table", required=True, help="TSV of the results, sorted by p-value")
+    p.add_argument("--volcano", help="volcano plot (PNG, PDF or SVG by suffix)")
+    p.add_argument("--peptides", help="for protein fits: the peptide h5ad they were made from")
+    p.add_argument(
+        "--method", choices=("satterthwaite", "residual"), default="satterthwaite", help="df"
+    )
+    p.add_argument("--moderate", action="store_true", help="limma's moderation of σ²")
+    p.add_argument("--robust", action="store_true", help="robust moderation prior")
+    p.add_argument("--hurdle", action="store_true", help="add the detection test (proteins)")
+    p.add_argument("--key", default="lmm", help="the fit's key")
 
     p = command("correct", "correct", "Subtract the fitted effects of chosen terms.")
     p.add_argument("input", help="fitted h5ad")
@@ -179,8 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             warnings.showwarning = _log_warning
+            _commands.check_paths(args)
             getattr(_commands, args.func)(args)
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+    except (ValueError, KeyError, TypeError, OSError) as err:
         # KeyError's str() is the repr of its message; show the message itself.
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         log.error("%s: %s", args.command, message)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import (
+    REPO,
     SNAKEMAKE_TIMEOUT,
     check,
     finish,
@@ -185,8 +186,19 @@ def read_only_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
             project, "c.yaml", model={"formula": "~ condition + treatment + (1|batch)"}
         ),
         "bad remove": write_config(project, "d.yaml", model={"remove": ["plate"]}),
-        "proteins": write_config(project, "e.yaml", proteins={"enabled": True}),
+        "proteins": write_config(project, "e.yaml", proteins={"enabled": True}, mode="transform"),
+        "input in output_dir": write_config(
+            project,
+            "h.yaml",
+            input={"type": "h5ad", "path": "analysis3/corrected.h5ad"},
+            output_dir="analysis3",
+        ),
+        "remove twice": write_config(project, "i.yaml", model={"remove": ["batch", "batch"]}),
+        "bad contrast": write_config(project, "j.yaml", contrasts={"x": "condition[T.nope]"}),
+        "float chunks": write_config(project, "k.yaml", chunks=2.5),
     }
+    (project / "analysis3").mkdir()  # an input that a run writing analysis3/ would overwrite
+    shutil.copy(REPO / "tests/data/io/samplesheet.tsv", project / "analysis3/corrected.h5ad")
     procs = {
         "lint": start(project, "--lint"),
         "slurm": start(project, "-n", "--profile", "profiles/slurm"),
@@ -237,7 +249,11 @@ def test_output_dir_holds_every_output_and_log(read_only_runs: dict) -> None:
         ("wrong type", 'config: chunks is "four"; allowed: a whole number'),
         ("missing column", "term(s) ['treatment'] of the fixed effects not found"),
         ("bad remove", "cannot remove ['plate']: not in the fit"),
-        ("proteins", "proteins.enabled is true"),
+        ("proteins", "mode transform corrects gene-level fits; set proteins.enabled: false"),
+        ("input in output_dir", "input.path 'analysis3/corrected.h5ad' is inside output_dir"),
+        ("remove twice", "remove lists ['batch'] more than once"),
+        ("bad contrast", "contrasts.x: cannot read contrast 'condition[T.nope]'"),
+        ("float chunks", "config: chunks is 2.5; allowed: a whole number"),
     ],
 )
 def test_bad_config_fails_before_any_job(read_only_runs: dict, case: str, message: str) -> None:
@@ -250,7 +266,7 @@ def test_bad_config_fails_before_any_job(read_only_runs: dict, case: str, messag
     assert len(result.stdout.splitlines()) <= 8, result.stdout
     project = read_only_runs["project"]
     assert not (project / "results").exists()
-    assert not (project / "logs").exists()
+    assert [p.name for p in (project / "analysis3").iterdir()] == ["corrected.h5ad"]
 
 
 @pytest.fixture(scope="module")
@@ -340,3 +356,75 @@ def test_sample_sheet_mismatch_names_the_samples_and_the_setting(broken_runs: di
     check(broken_runs["inner"])
     imported = ad.read_h5ad(broken_runs["projects"]["sheet"] / "results/data/imported.h5ad")
     assert imported.n_obs == 47 and missing not in imported.obs_names
+
+
+@pytest.fixture(scope="module")
+def protein_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The workflow on the example peptides as MaxQuant and DIA-NN output, with a contrast."""
+    project = make_project(tmp_path_factory.mktemp("proteins"))
+    files = omixed.datasets.example_files(directory=project / "data")
+    configs = {
+        tool: write_config(
+            project,
+            f"{tool}.yaml",
+            input={"type": "auto", "path": f"data/{files[tool].name}", "options": {}},
+            samples={"path": "data/samples.tsv", "how": "exact"},
+            output_dir=f"results_{tool}",
+            proteins={"enabled": True},
+            normalize={"steps": ["log_transform", "median_center"]},
+            contrasts={"treated": "condition[T.treated]"},
+            chunks=2,
+        )
+        for tool in ("maxquant", "diann")
+    }
+    procs = {tool: start(project, "--configfile", path) for tool, path in configs.items()}
+    for proc in procs.values():
+        check(finish(proc))
+    check(snakemake(project, "--configfile", configs["diann"], "--report", "report.html"))
+    return {"project": project, **{tool: project / f"results_{tool}" for tool in configs}}
+
+
+@pytest.mark.parametrize("tool", ["maxquant", "diann"])
+def test_proteins_run_from_search_engine_output_to_differential_tables(protein_runs, tool):
+    results = protein_runs[tool]
+    table = pd.read_csv(results / "de/treated.tsv", sep="\t", index_col=0)
+    columns = ["n_peptides", "estimate", "se", "t", "df", "pvalue", "padj", "reason"]
+    assert list(table.columns[: len(columns)]) == columns
+    assert {"logOR_pvalue", "hurdle_pvalue", "hurdle_padj", "basis"} <= set(table.columns)
+    assert (results / "plots/volcano_treated.png").read_bytes()[:4] == b"\x89PNG"
+    # The package on the workflow's own normalized peptides gives the same proteins and tests.
+    peptides = ad.read_h5ad(results / "data/normalized.h5ad")
+    proteins = omixed.tl.summarize_proteins(peptides, progress=False)
+    top = omixed.tl.test(
+        proteins, contrast="condition[T.treated]", peptides=peptides, moderate=True, hurdle=True
+    )
+    merged = ad.read_h5ad(results / "fit/proteins.h5ad")[:, proteins.var_names]
+    np.testing.assert_array_equal(merged.X, proteins.X)  # 2 protein chunks = one call
+    pd.testing.assert_series_equal(
+        table["hurdle_pvalue"].sort_index(), top["hurdle_pvalue"].sort_index(), check_names=False
+    )
+    simulated = omixed.datasets.example_peptides().var
+    truth = simulated.groupby("protein", observed=True)["true_effect"].first()
+    called = table.index[table["hurdle_padj"] < 0.05]
+    assert (truth.loc[called] != 0).mean() > 0.9  # the calls are real changes
+
+
+def test_the_report_shows_the_volcano_plot_and_table(protein_runs):
+    html = (protein_runs["project"] / "report.html").read_text()
+    assert "volcano_treated.png" in html and "treated.tsv" in html
+
+
+def test_no_config_string_reaches_the_shell_unquoted(finished: Path, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "quoting")
+    reference = project / "ref $(touch INJECTED) x.h5ad"  # a space and a command substitution
+    shutil.copy(finished / "results/corrected.h5ad", reference)
+    config = write_config(
+        project,
+        "transform.yaml",
+        mode="transform",
+        reference=reference.name,
+        output_dir="new samples",
+    )
+    check(snakemake(project, "new samples/corrected.h5ad", "--configfile", config))
+    assert not (project / "INJECTED").exists()
+    assert (project / "new samples/corrected.h5ad").is_file()

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shlex
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anndata as ad
 
 from .. import __version__
-from .._utils import atomic_path
+from .._utils import atomic_paths
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,23 +63,62 @@ def record(adata: AnnData, step: str, params: dict[str, Any]) -> None:
     adata.uns[RUN_KEY] = run
 
 
-def write_h5ad(adata: AnnData, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp)
-    log.info("wrote %s (%d samples × %d features)", path, adata.n_obs, adata.n_vars)
+class Outputs:
+    """A command's output files, written together at its end: all of them, or none.
 
-
-def write_tsv(table: pd.DataFrame, path: str | os.PathLike, run: dict[str, Any]) -> None:
-    """Write ``table`` as a plain TSV and its provenance to ``<path>.json``.
-
-    The JSON holds the omixed version and the run record of every step (``uns["omixed_run"]``).
+    Each file is written to a temporary file beside its target; only when every one has been
+    written are they renamed onto their targets (:func:`omixed._utils.atomic_paths`).
     """
-    provenance = {"omixed_version": __version__, "steps": _decoded(run)}
-    with atomic_path(f"{os.fspath(path)}.json") as tmp:
-        tmp.write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, sep="\t")
-    log.info("wrote %s (%d rows × %d columns) and its provenance %s.json", path, *table.shape, path)
+
+    def __init__(self) -> None:
+        self._writes: list[tuple[str, Callable[[Path], None], str]] = []
+
+    def h5ad(self, adata: AnnData, path: str | os.PathLike) -> None:
+        shape = f"{adata.n_obs} samples × {adata.n_vars} features"
+        self._writes.append((os.fspath(path), adata.write_h5ad, shape))
+
+    def tsv(self, table: pd.DataFrame, path: str | os.PathLike, run: dict[str, Any]) -> None:
+        """A plain TSV, and its provenance in ``<path>.json``: the omixed version and the run
+        record of every step (``uns["omixed_run"]``)."""
+        provenance = {"omixed_version": __version__, "steps": _decoded(run)}
+        text = json.dumps(provenance, indent=2, sort_keys=True) + "\n"
+        self._writes.append(
+            (
+                os.fspath(path),
+                lambda tmp: table.to_csv(tmp, sep="\t"),
+                "{} rows × {} columns".format(*table.shape),
+            )
+        )
+        self._writes.append(
+            (
+                f"{os.fspath(path)}.json",
+                lambda tmp: tmp.write_text(text, encoding="utf-8"),
+                "provenance",
+            )
+        )
+
+    def figure(self, plot, path: str | os.PathLike) -> None:
+        """A figure (or the figure of axes), in the format of ``path``'s suffix."""
+        figure = getattr(plot, "figure", plot)
+        fmt = Path(path).suffix.lstrip(".").lower() or "png"
+
+        def write(tmp: Path) -> None:
+            figure.savefig(tmp, format=fmt, bbox_inches="tight")
+
+        self._writes.append((os.fspath(path), write, "figure"))
+
+    def commit(self) -> None:
+        with atomic_paths([path for path, _, _ in self._writes]) as staged:
+            for tmp, (_, write, _) in zip(staged, self._writes, strict=True):
+                write(tmp)
+        for path, _, what in self._writes:
+            log.info("wrote %s (%s)", path, what)
+
+
+def write_h5ad(adata: AnnData, path: str | os.PathLike) -> None:
+    outputs = Outputs()
+    outputs.h5ad(adata, path)
+    outputs.commit()
 
 
 def _decoded(run: dict[str, Any]) -> dict[str, Any]:

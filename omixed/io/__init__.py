@@ -9,7 +9,7 @@ from ._maxquant import read_maxquant
 from ._msstats import read_msstats
 from ._peaks import read_peaks
 from ._proteome_discoverer import read_proteome_discoverer
-from ._read import read
+from ._read import read, reader_for
 from ._sage import read_sage
 from ._samplesheet import join_sample_sheet
 from ._spectronaut import read_spectronaut
@@ -30,4 +30,5 @@ __all__ = [
     "read_sage",
     "read_spectronaut",
     "read_table",
+    "reader_for",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
 
 from anndata import AnnData
 
@@ -51,17 +52,7 @@ def read(path: str | os.PathLike, **options: object) -> AnnData:
     >>> adata.uns["source"]["format"]  # doctest: +SKIP
     'DIA-NN report'
     """
-    header = sniff(path)
-    for fmt in FORMATS:
-        if fmt.detect(header):
-            break
-    else:
-        raise ValueError(
-            f"{path}: not a recognised proteomics output. Recognised: "
-            f"{'; '.join(f.name for f in FORMATS)}. This file's columns: "
-            f"{format_names(header.columns, 12)}. Generic tables: omixed.io.read_table (wide) "
-            "or omixed.io.read_long (one row per sample and feature)"
-        )
+    fmt = _recognise(path)
     known = inspect.signature(fmt.reader).parameters
     unknown = sorted(set(options) - set(known) - {"path"})
     if unknown:
@@ -70,3 +61,38 @@ def read(path: str | os.PathLike, **options: object) -> AnnData:
             f"{format_names(unknown)} (options: {format_names(list(known)[1:])})"
         )
     return fmt.reader(path, **{**fmt.options, **options})
+
+
+def reader_for(path: str | os.PathLike) -> tuple[str, Callable[..., AnnData]]:
+    """The format :func:`read` recognises in ``path`` and the reader it calls.
+
+    Parameters
+    ----------
+    path
+        A tool's output file.
+
+    Returns
+    -------
+    The format's name (e.g. ``"DIA-NN report"``) and its reader function (whose keyword
+    arguments are the options :func:`read` accepts for this file).
+
+    Examples
+    --------
+    >>> omixed.io.reader_for("report.tsv")  # doctest: +SKIP
+    ('DIA-NN report', <function read_diann ...>)
+    """
+    fmt = _recognise(path)
+    return fmt.name, fmt.reader
+
+
+def _recognise(path: str | os.PathLike):
+    header = sniff(path)
+    for fmt in FORMATS:
+        if fmt.detect(header):
+            return fmt
+    raise ValueError(
+        f"{path}: not a recognised proteomics output. Recognised: "
+        f"{'; '.join(f.name for f in FORMATS)}. This file's columns: "
+        f"{format_names(header.columns, 12)}. Generic tables: omixed.io.read_table (wide) "
+        "or omixed.io.read_long (one row per sample and feature)"
+    )

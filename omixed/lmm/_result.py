@@ -164,9 +164,10 @@ class LMMResult:
     def concat(cls, results: list[LMMResult], order: pd.Index | None = None) -> LMMResult:
         """Stack results of the same formula fit to different features (e.g. shape buckets).
 
-        ``spec`` is that of the last result, whose levels must hold every other result's (as
-        the largest bucket of :func:`~omixed.lmm.fit_grouped` does); BLUP tables are aligned on
-        its levels (NaN where a level is absent).  ``order`` reorders the features.
+        The results must be of one model; their random terms may have different levels (the
+        buckets of :func:`~omixed.lmm.fit_grouped`).  ``spec`` is the one whose levels hold
+        every other's; BLUP tables are aligned on its levels (NaN where a level is absent).
+        ``order`` reorders the features.
         """
         if not results:
             raise ValueError("nothing to concatenate")
@@ -201,7 +202,14 @@ class LMMResult:
                 return pd.Series(values, index=index, name=first.name, dtype=first.dtype)
             return pd.DataFrame(values, index=index, columns=first.columns)
 
-        spec = results[-1].spec
+        # The specification whose terms hold every level: the largest bucket of fit_grouped.
+        spec = max((r.spec for r in results), key=lambda s: sum(t.n_levels for t in s.terms))
+        for res in results:
+            if not res.spec.same_fixed_and_terms(spec) or any(
+                not set(a.labels) <= set(b.labels)
+                for a, b in zip(res.spec.terms, spec.terms, strict=True)
+            ):
+                raise ValueError("results of different models cannot be concatenated")
         blup = {
             term.name: stack([r.blup[term.name] for r in results]).reindex(
                 columns=list(term.labels)

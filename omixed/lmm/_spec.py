@@ -294,6 +294,17 @@ class Specification:
         """Whether ``other`` is the same model learned on the same design."""
         return self.to_json() == other.to_json()
 
+    def same_fixed_and_terms(self, other: Specification) -> bool:
+        """Whether ``other`` is the same model with (possibly) other random-term levels, as the
+        buckets of a grouped fit are (each has its own number of local levels)."""
+        return (
+            self.formula == other.formula
+            and _codec.dumps(self.fixed.state) == _codec.dumps(other.fixed.state)
+            and self.fixed.columns == other.fixed.columns
+            and self.term_names == other.term_names
+            and self.blocks == other.blocks
+        )
+
 
 # ----------------------------------------------------------------------------------------------
 # The design of one data set

@@ -4,7 +4,7 @@ from ._contrast import test
 from ._correct import correct
 from ._fit import fit
 from ._meta import meta
-from ._proteins import summarize_proteins
+from ._proteins import protein_formula, summarize_proteins
 from ._transform import transform
 from ._varpart import variance_partition
 
@@ -12,6 +12,7 @@ __all__ = [
     "correct",
     "fit",
     "meta",
+    "protein_formula",
     "summarize_proteins",
     "test",
     "transform",

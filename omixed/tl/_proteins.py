@@ -19,10 +19,29 @@ if TYPE_CHECKING:
 _RESERVED = ("sample", "peptide")
 
 
-def default_formula(obs: pd.DataFrame) -> str:
-    """msqrob2's model with the columns ``obs`` has: ``condition`` and ``batch`` where present."""
-    fixed = "condition" if "condition" in obs.columns else "1"
-    batch = " + (1|batch)" if "batch" in obs.columns else ""
+def protein_formula(adata: AnnData) -> str:
+    """The default per-protein model of :func:`summarize_proteins` for these samples.
+
+    msqrob2's model, with the ``condition`` and ``batch`` parts only where ``adata.obs`` has
+    those columns: ``~ condition + (1|batch) + (1|sample) + (1|peptide)``.
+
+    Parameters
+    ----------
+    adata
+        Samples × peptides (only ``obs`` is read).
+
+    Returns
+    -------
+    The formula.
+
+    Examples
+    --------
+    >>> import omixed
+    >>> omixed.tl.protein_formula(omixed.datasets.example_peptides())
+    '~ condition + (1|batch) + (1|sample) + (1|peptide)'
+    """
+    fixed = "condition" if "condition" in adata.obs.columns else "1"
+    batch = " + (1|batch)" if "batch" in adata.obs.columns else ""
     return f"~ {fixed}{batch} + (1|sample) + (1|peptide)"
 
 
@@ -100,7 +119,7 @@ def summarize_proteins(
     if not adata.var_names.is_unique or not adata.obs_names.is_unique:
         raise ValueError("sample and peptide names must be unique")
     _fitstore.check_key(key_added)
-    formula = default_formula(adata.obs) if formula is None else formula
+    formula = protein_formula(adata) if formula is None else formula
     groups = [part.group_name for part in lmm.parse_formula(formula).random]
     if "peptide" not in groups:
         raise ValueError(f"the formula needs a (1|peptide) term, got {formula!r}")

@@ -47,14 +47,14 @@ def variance_partition(
     """
     model = _fitstore.read(adata, key)
     info = _fitstore.info(adata, key)
-    design = model.spec.evaluate(adata.obs)
+    X = model.spec.fixed.matrix(adata.obs)  # only the fixed effects' columns are needed
     beta = np.nan_to_num(model.beta.to_numpy())
     observed = np.isfinite(get_matrix(adata, info["layer"] or None))
     parts = {term: model.variance[term].to_numpy() for term in model.spec.term_names}
     for term, cols in model.spec.fixed_terms().items():
         if term == "Intercept":
             continue
-        fitted = np.where(observed, design.X[:, cols] @ beta[:, cols].T, np.nan)
+        fitted = np.where(observed, X[:, cols] @ beta[:, cols].T, np.nan)
         with np.errstate(invalid="ignore"):
             parts[term] = _nanvar(fitted)
     parts["Residual"] = model.variance["Residual"].to_numpy()

@@ -56,27 +56,32 @@ def _check(instance, schema_file, where):
 
 _check(config, "config.schema.yaml", "config")
 validate(config, schema="../schemas/config.schema.yaml")  # fills in the defaults
+config["chunks"] = int(config["chunks"])  # JSON Schema counts 2.0 as a whole number; so do we
 OUT = config["output_dir"].rstrip("/")
 LOGS = f"{OUT}/logs"
 
 # Imported after the schema check, which then fails without waiting for the package to load.
 import omixed
 
-if config["proteins"]["enabled"]:
-    raise WorkflowError(
-        "config: proteins.enabled is true, but protein summarization "
-        "(omixed.tl.summarize_proteins) is not wired into the workflow yet; set it to false"
-    )
+PROTEINS = config["proteins"]["enabled"]
+if PROTEINS and config["mode"] == "transform":
+    raise WorkflowError("config: mode transform corrects gene-level fits; set proteins.enabled: false")
 
 
 def _reader_options():
     """Check input.options against the reader's keyword arguments (typos fail here, not in a job)."""
     kind, options = config["input"]["type"], config["input"]["options"]
-    if kind in ("example", "h5ad"):
+    if kind in ("example", "example_peptides", "h5ad"):
         if options:
             raise WorkflowError(f"config: input.options must be empty for input type {kind!r}")
         return
-    reader = getattr(omixed.io, f"read_{kind}")
+    if kind == "auto":
+        try:
+            name, reader = omixed.io.reader_for(config["input"]["path"])
+        except ValueError as err:
+            raise WorkflowError(f"config: input.path: {err}")
+    else:
+        reader = getattr(omixed.io, f"read_{kind}")
     known = list(inspect.signature(reader).parameters)[1:]  # all but the file
     unknown = sorted(set(options) - set(known))
     if unknown:
@@ -99,6 +104,8 @@ def _sample_table():
         return table
     if kind == "example":
         return omixed.datasets.example().obs
+    if kind == "example_peptides":
+        return omixed.datasets.example_peptides().obs
     if kind == "h5ad":
         import anndata
 
@@ -107,16 +114,45 @@ def _sample_table():
 
 
 def _check_model(samples):
-    """The model on the sample sheet and the removal, checked by the library itself."""
-    model = config["model"]
-    try:
-        spec = omixed.lmm.build_spec(samples, model["formula"]).specification
-    except (ValueError, KeyError) as err:
-        raise WorkflowError(f"config: model.formula {model['formula']!r} does not fit the sample sheet: {err}")
-    try:
-        omixed.lmm.check_removal(spec, model["remove"], method=model["method"])
-    except ValueError as err:
-        raise WorkflowError(f"config: model.remove / model.method: {err}")
+    """The model on the sample sheet, the removal and the contrasts, checked by the library."""
+    if PROTEINS:
+        proteins = config["proteins"]
+        import anndata
+
+        formula = proteins["formula"] or omixed.tl.protein_formula(anndata.AnnData(obs=samples))
+        where = "proteins.formula"
+        try:
+            fixed = omixed.lmm.parse_formula(formula).fixed
+            spec = omixed.lmm.build_spec(samples, f"~ {fixed}").specification
+        except (ValueError, KeyError) as err:
+            raise WorkflowError(f"config: {where} {formula!r} does not fit the sample sheet: {err}")
+    else:
+        model, where = config["model"], "model.formula"
+        try:
+            spec = omixed.lmm.build_spec(samples, model["formula"]).specification
+        except (ValueError, KeyError) as err:
+            raise WorkflowError(f"config: {where} {model['formula']!r} does not fit the sample sheet: {err}")
+        try:
+            omixed.lmm.check_removal(spec, model["remove"], method=model["method"])
+        except ValueError as err:
+            raise WorkflowError(f"config: model.remove / model.method: {err}")
+    for name, expression in config["contrasts"].items():
+        try:
+            omixed.lmm.contrast_vector(expression, spec.fixed_names)
+        except (ValueError, KeyError) as err:
+            message = err.args[0] if isinstance(err, KeyError) else err
+            raise WorkflowError(f"config: contrasts.{name}: {message}")
+
+
+def _check_inputs_outside_outputs():
+    """An input or reference inside output_dir could be rewritten by the run: refused."""
+    out = Path(OUT).resolve()
+    for option, path in (("input.path", config["input"]["path"]), ("reference", config["reference"])):
+        if path and (Path(path).resolve() == out or out in Path(path).resolve().parents):
+            raise WorkflowError(
+                f"config: {option} {path!r} is inside output_dir {OUT!r}, which this run writes; "
+                "copy it out of there or set output_dir to another folder"
+            )
 
 
 def _require_file(path, option):
@@ -128,6 +164,7 @@ if config["input"]["type"] != "example":
     _require_file(config["input"]["path"], "input.path")
 if config["mode"] == "transform":
     _require_file(config["reference"], "reference (transform mode)")
+_check_inputs_outside_outputs()
 _reader_options()
 _check_model(_sample_table())
 
@@ -161,14 +198,56 @@ def import_args(wildcards, input):
     return shlex.join(args)
 
 
+def summarize_args(wildcards):
+    """Arguments of `omixed summarize` from the proteins section."""
+    proteins = config["proteins"]
+    args = ["--protein-key", proteins["protein_key"], "--min-peptides", str(proteins["min_peptides"])]
+    if proteins["formula"]:
+        args += ["--formula", proteins["formula"]]
+    if proteins["remove"] is not None:
+        args += ["--remove", *proteins["remove"]]
+    if proteins["robust"]:
+        args.append("--robust")
+    if not config["model"]["reml"]:
+        args.append("--ml")
+    return shlex.join(args)
+
+
+def test_input(wildcards):
+    files = {"fitted": fitted()}
+    if PROTEINS:
+        files["peptides"] = f"{OUT}/data/normalized.h5ad"
+    return files
+
+
+def test_args(wildcards, input):
+    """Arguments of `omixed test` from the de section."""
+    de = config["de"]
+    args = ["--method", de["method"]]
+    args += [f"--{flag}" for flag in ("moderate", "robust") if de[flag]]
+    if PROTEINS:
+        args += ["--peptides", input.peptides]
+        if de["hurdle"]:
+            args.append("--hurdle")
+    return shlex.join(args)
+
+
+def fitted():
+    """The fitted (and corrected) h5ad the tables and tests are made from."""
+    return f"{OUT}/fit/proteins.h5ad" if PROTEINS else f"{OUT}/fit/corrected.h5ad"
+
+
 def final_outputs():
     tables = [f"{OUT}/{name}.tsv" for name in ("corrected", "fit", "variance_partition")]
+    tests = [f"{OUT}/de/{name}.tsv" for name in config["contrasts"]]
     return [
         f"{OUT}/corrected.h5ad",
         *tables,
-        *(f"{table}.json" for table in tables),
+        *tests,
+        *(f"{table}.json" for table in [*tables, *tests]),
         f"{OUT}/plots/variance_partition.png",
         f"{OUT}/plots/pca.png",
+        *(f"{OUT}/plots/volcano_{name}.png" for name in config["contrasts"]),
     ]
 
 

@@ -1,4 +1,7 @@
-if config["mode"] == "fit":
+if PROTEINS:
+    pass  # summarize removed the terms: its proteins carry the corrected layer
+
+elif config["mode"] == "fit":
 
     rule correct:
         input:
@@ -17,8 +20,8 @@ if config["mode"] == "fit":
         conda:
             "../envs/omixed.yaml"
         shell:
-            "omixed correct {input} --remove {params.terms:q} --method {params.method}"
-            " -o {output} 2> {log}"
+            "omixed correct {input:q} --remove {params.terms:q} --method {params.method:q}"
+            " -o {output:q} 2> {log:q}"
 
 else:  # transform: correct the new samples with a saved fit, no refit
 
@@ -39,13 +42,13 @@ else:  # transform: correct the new samples with a saved fit, no refit
         conda:
             "../envs/omixed.yaml"
         shell:
-            "omixed transform {input.data} --reference {input.reference}"
-            " --remove {params.terms:q} -o {output} 2> {log}"
+            "omixed transform {input.data:q} --reference {input.reference:q}"
+            " --remove {params.terms:q} -o {output:q} 2> {log:q}"
 
 
 rule export:
     input:
-        f"{OUT}/fit/corrected.h5ad",
+        fitted(),
     output:
         h5ad=f"{OUT}/corrected.h5ad",
         corrected=f"{OUT}/corrected.tsv",
@@ -62,5 +65,5 @@ rule export:
     conda:
         "../envs/omixed.yaml"
     shell:
-        "omixed export {input} --h5ad {output.h5ad} --corrected-tsv {output.corrected}"
-        " --fit-tsv {output.fit} --varpart-tsv {output.varpart} 2> {log}"
+        "omixed export {input:q} --h5ad {output.h5ad:q} --corrected-tsv {output.corrected:q}"
+        " --fit-tsv {output.fit:q} --varpart-tsv {output.varpart:q} 2> {log:q}"

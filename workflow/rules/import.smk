@@ -16,4 +16,5 @@ rule import_data:
     conda:
         "../envs/omixed.yaml"
     shell:
-        "omixed import {params.type} {params.args} --options {params.options:q} -o {output} 2> {log}"
+        "omixed import {params.type:q} {params.args} --options {params.options:q} -o {output:q}"
+        " 2> {log:q}"

@@ -14,4 +14,4 @@ rule normalize:
     conda:
         "../envs/omixed.yaml"
     shell:
-        "omixed normalize {input} --steps {params.steps} -o {output} 2> {log}"
+        "omixed normalize {input:q} --steps {params.steps:q} -o {output:q} 2> {log:q}"

@@ -21,4 +21,4 @@ rule plot:
     conda:
         "../envs/omixed.yaml"
     shell:
-        "omixed plot {input} --varpart {output.varpart} --pca {output.pca} 2> {log}"
+        "omixed plot {input:q} --varpart {output.varpart:q} --pca {output.pca:q} 2> {log:q}"
