@@ -44,10 +44,14 @@ FINAL = [
     *(f"{table}.json" for table in TABLES),  # each table's provenance
     "results/plots/variance_partition.png",
     "results/plots/pca.png",
+    # the default config's contrast: its table, provenance and volcano plot
+    "results/de/treated.tsv",
+    "results/de/treated.tsv.json",
+    "results/plots/volcano_treated.png",
 ]
 LOGS = {
     "import.log", "normalize.log", "split.log", "merge.log", "correct.log", "export.log",
-    "plot.log", *(f"fit/{i}-of-4.log" for i in range(1, 5)),
+    "plot.log", "de/treated.log", *(f"fit/{i}-of-4.log" for i in range(1, 5)),
 }  # fmt: skip
 
 
@@ -285,12 +289,13 @@ def after_finish(finished: Path) -> dict[str, subprocess.CompletedProcess[str]]:
 
 def test_changed_config_reruns_affected_rules_only(after_finish: dict) -> None:
     assert "Nothing to be done" in check(after_finish["same"])
-    downstream = {"merge": 1, "correct": 1, "export": 1, "plot": 1, "all": 1}
+    downstream = {"merge": 1, "correct": 1, "export": 1, "test": 1, "plot": 1, "all": 1}
     # the chunk h5ads are temp(), so a new fit needs a new split; import and normalize stay
     assert job_counts(check(after_finish["formula"])) == {"split": 1, "fit": 4, **downstream}
     assert job_counts(check(after_finish["remove"])) == {
         "correct": 1,
         "export": 1,
+        "test": 1,
         "plot": 1,
         "all": 1,
     }
@@ -301,6 +306,7 @@ def test_report_includes_plots(finished: Path, after_finish: dict) -> None:
     html = (finished / "report.html").read_text(errors="replace")
     assert "variance_partition.png" in html
     assert "pca.png" in html
+    assert "volcano_treated.png" in html
 
 
 @pytest.fixture(scope="module")
