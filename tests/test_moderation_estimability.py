@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from omixed import lmm
 
 LEVELS = list("abcde")
+DATA = Path(__file__).parent / "data" / "moderation"
 
 
 def _spike_in(seed=0, n_features=40):
@@ -116,3 +119,20 @@ def test_robust_moderation_gives_outlying_variances_their_own_small_prior_df():
     assert robust.df_prior[:10].max() < 0.5 * np.median(robust.df_prior[10:])
     assert np.median(robust.df_prior[10:]) > plain.df_prior  # the bulk's prior recovers
     assert np.median(robust.df_prior[10:]) == pytest.approx(10.0, rel=0.3)
+
+
+@pytest.mark.parametrize("name", ["alphapept", "maxquant"])
+def test_the_prior_is_finite_on_real_proteomics_variances(name):
+    real = pd.read_csv(DATA / f"{name}_variances.csv", index_col=0)
+    sq = lmm.squeeze_var(real["sigma2"], real["df_effective"])
+    assert 2.0 <= sq.df_prior < 100.0
+    assert sq.n_prior == (real["df_effective"] >= 0.01).sum()  # limma: smaller df say nothing
+    x, post = real["sigma2"].to_numpy(), sq.var_post
+    lo, hi = np.minimum(x, sq.var_prior), np.maximum(x, sq.var_prior)
+    assert np.all((post >= lo * (1 - 1e-12)) & (post <= hi * (1 + 1e-12)))
+
+
+def test_the_moment_estimator_collapses_on_the_real_variances_with_tiny_df():
+    real = pd.read_csv(DATA / "alphapept_variances.csv", index_col=0)
+    assert (real["df_effective"] < 1).sum() == 11
+    assert np.isinf(lmm.squeeze_var(real["sigma2"], real["df_effective"], legacy=True).df_prior)
