@@ -1,9 +1,10 @@
-"""Compiled loops for the sparse sums of the engine (numba, already required by scanpy).
+"""Compiled loops for the sparse sums of the engine (numba).
 
 Each kernel runs feature by feature and, within a feature, over its data rows or places in a
 fixed order, so a feature's result is the same bitwise whatever the chunk it is in.  numpy
-would need a gather, an index computation and a scatter per pass for the same sums, about ten
-times the memory traffic; these loops touch each input once.
+needs a gather, an index computation and a scatter per pass for the same sums (``bincount``,
+or a scipy sparse product with its transposes): measured on 1000-sample cohorts, 5-10 times
+the time of these loops, which touch each input once.
 """
 
 from __future__ import annotations
