@@ -129,32 +129,27 @@ class Triples:
     """The outer products ``a_i a_i'`` of term 1's rows as pairs of their places.
 
     Row ``i`` (a level and component) has a few places, the rest columns it meets; every pair
-    ``e1 ≤ e2`` of them is a triple ``(i, e1, e2)``, whose product lands at ``place`` ``(j1,
-    j2)`` and ``mirror`` ``(j2, j1)`` of a ``(dr, dr)`` matrix.  So ``Σ_i s_i a_i a_i'`` costs a
-    few numbers per level instead of ``dr²`` (:func:`~._kernels.level_sums`).
+    ``e1 ≤ e2`` of them is a triple, whose product lands at ``(j1, j2)`` and ``(j2, j1)`` of a
+    ``(dr, dr)`` matrix.  So ``Σ_i s_i a_i a_i'`` costs a few numbers per level instead of
+    ``dr²`` (:func:`~._kernels.level_sums`).
     """
 
-    level: np.ndarray
     e1: np.ndarray
     e2: np.ndarray
-    place: np.ndarray
-    mirror: np.ndarray
 
     @classmethod
     def from_structure(cls, structure: CrossProducts) -> Triples:
-        level_of, col, dr = structure.row_level, structure.row_col, structure.dim
-        n_places = level_of.size
-        count = structure.starts[level_of + 1] - np.arange(n_places)  # places e2 ≥ e1
-        e1 = np.repeat(np.arange(n_places), count)
-        e2 = e1 + np.arange(e1.size) - np.repeat(np.cumsum(count) - count, count)
-        c1, c2 = col[e1], col[e2]
-        # 32-bit: a dense (dr, dr) block with more places would not be fitted at all.
-        return cls(
-            *(
-                np.ascontiguousarray(x, dtype=np.int32)
-                for x in (level_of[e1], e1, e2, c1 * dr + c2, c2 * dr + c1)
-            )
-        )
+        # 32-bit (a dense (dr, dr) block with more places would not be fitted at all):
+        # millions of triples for a large single fit, so no 64-bit temporaries either.
+        i32 = np.int32
+        n_places = structure.n_places
+        count = structure.starts[structure.row_level + 1].astype(i32)
+        count -= np.arange(n_places, dtype=i32)  # places e2 ≥ e1 of the same level
+        e1 = np.repeat(np.arange(n_places, dtype=i32), count)
+        e2 = np.arange(e1.size, dtype=i32)
+        e2 -= np.repeat(np.cumsum(count, dtype=i32) - count, count)
+        e2 += e1
+        return cls(e1, e2)
 
 
 @dataclass(frozen=True, eq=False)

@@ -51,40 +51,45 @@ def cross_products(Y, W, codes, z, indptr, indices, data, x_place, y_place, firs
 
 
 @njit(cache=True, nogil=True)
-def level_sums(rows, s, level, e1, e2, place, mirror, out):
+def level_sums(rows, s, row_level, row_col, e1, e2, out):
     """``out[f, j] = Σ_t s[f, j, level_t] rows[f, e1_t] rows[f, e2_t]`` at both places of t.
 
-    ``out`` is ``(m, J, dr²)``, zeroed here; a triple on the diagonal (``place == mirror``)
-    adds once.
+    Triple ``t`` pairs the places ``e1_t ≤ e2_t`` of one level (``row_level``) at rest columns
+    ``j1, j2`` (``row_col``); its product lands at ``(j1, j2)`` and ``(j2, j1)`` of ``out``
+    ``(m, J, dr²)``, once on the diagonal.  ``out`` is zeroed here.
     """
     m, n_j = s.shape[0], s.shape[1]
+    dr = np.int64(np.sqrt(out.shape[2]) + 0.5)
     out[:] = 0.0
     for f in range(m):
-        for t in range(level.size):
-            v = rows[f, e1[t]] * rows[f, e2[t]]
+        for t in range(e1.size):
+            a, b = e1[t], e2[t]
+            v = rows[f, a] * rows[f, b]
             if v == 0.0:
                 continue
-            lv, p, q = level[t], place[t], mirror[t]
+            lv, j1, j2 = row_level[a], row_col[a], row_col[b]
             for j in range(n_j):
                 x = s[f, j, lv] * v
-                out[f, j, p] += x
-                if q != p:
-                    out[f, j, q] += x
+                out[f, j, j1 * dr + j2] += x
+                if j1 != j2:
+                    out[f, j, j2 * dr + j1] += x
 
 
 @njit(cache=True, nogil=True)
-def class_sums(rows, member, level, e1, e2, place, mirror, out):
+def class_sums(rows, member, row_level, row_col, e1, e2, out):
     """``out[f, k]``: the products of the triples whose level is in class ``member[f, level]``."""
+    dr = np.int64(np.sqrt(out.shape[2]) + 0.5)
     out[:] = 0.0
     for f in range(rows.shape[0]):
-        for t in range(level.size):
-            v = rows[f, e1[t]] * rows[f, e2[t]]
+        for t in range(e1.size):
+            a, b = e1[t], e2[t]
+            v = rows[f, a] * rows[f, b]
             if v == 0.0:
                 continue
-            k = member[f, level[t]]
-            out[f, k, place[t]] += v
-            if mirror[t] != place[t]:
-                out[f, k, mirror[t]] += v
+            k, j1, j2 = member[f, row_level[a]], row_col[a], row_col[b]
+            out[f, k, j1 * dr + j2] += v
+            if j1 != j2:
+                out[f, k, j2 * dr + j1] += v
 
 
 def as_index(x: np.ndarray) -> np.ndarray:

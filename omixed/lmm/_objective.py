@@ -58,7 +58,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._crossprod import Cross, Triples
+from ._crossprod import Cross, CrossProducts
 from ._kernels import class_sums, level_sums
 
 __all__ = [
@@ -156,9 +156,9 @@ class Reduced:
     ``A`` is ``A_rr`` (``(m, dr, dr)``).  The eliminated columns come in one of three forms:
     count classes, ``G`` the class sums of outer products ``(m, K, dr²)``; or levels, either
     ``B = A_1r`` dense ``(m, q₁, dr)`` or ``rows``, its values at the places some data row
-    reaches ``(m, places)`` with their :class:`~._crossprod.Triples`.  ``counts`` and ``mult``
-    are the count ``c_k`` and number of levels ``n_k`` of each class (or each level's count and
-    whether it is observed).
+    reaches ``(m, places)``, with the ``structure`` that says where they are.  ``counts`` and
+    ``mult`` are the count ``c_k`` and number of levels ``n_k`` of each class (or each level's
+    count and whether it is observed).
     """
 
     A: np.ndarray
@@ -168,7 +168,7 @@ class Reduced:
     counts: np.ndarray
     mult: np.ndarray
     layout: Layout
-    triples: Triples | None = None
+    structure: CrossProducts | None = None  # with rows: where its places are
 
     def take(self, rows: np.ndarray | slice) -> Reduced:
         """The features ``rows``: indices, or a slice (views, no copies)."""
@@ -186,7 +186,7 @@ class Reduced:
             self.counts[rows],
             self.mult[rows],
             self.layout,
-            self.triples,
+            self.structure,
         )
 
     def weighted(self, s: np.ndarray, scratch: Scratch = _fresh) -> np.ndarray:
@@ -208,9 +208,10 @@ class Reduced:
             np.multiply(self.B.transpose(0, 2, 1)[:, None], s[:, :, None, :], out=rows)
             out = out.reshape(m, j * dr, dr)
             return np.matmul(rows.reshape(m, j * dr, q1), self.B, out=out).reshape(m, j, dr, dr)
-        tri = self.triples
+        st = self.structure
+        tri = st.triples
         weights = np.ascontiguousarray(s, dtype=np.float64)
-        level_sums(self.rows, weights, tri.level, tri.e1, tri.e2, tri.place, tri.mirror, out)
+        level_sums(self.rows, weights, st.row_level, st.row_col, tri.e1, tri.e2, out)
         return out.reshape(m, j, dr, dr)
 
     def eliminated(self, s: np.ndarray) -> np.ndarray:
@@ -237,8 +238,8 @@ def reduce(cross: Cross, layout: Layout) -> Reduced:
         B[:, st.row_level, st.row_col] = cross.rows
     if not layout.count_classes:
         observed = (counts > 0).astype(np.float64)
-        places, triples = (None, None) if B is not None else (cross.rows, st.triples)
-        return Reduced(cross.rest, None, B, places, counts.copy(), observed, layout, triples)
+        places, structure = (None, None) if B is not None else (cross.rows, st)
+        return Reduced(cross.rest, None, B, places, counts.copy(), observed, layout, structure)
     n_classes = layout.count_classes
     values = np.arange(1.0, n_classes + 1.0)
     member = np.clip(np.rint(counts).astype(np.int64) - 1, 0, n_classes - 1)  # (m, q1)
@@ -255,7 +256,7 @@ def reduce(cross: Cross, layout: Layout) -> Reduced:
             np.matmul(onehot[a : a + step].transpose(0, 2, 1), prod, out=G[a : a + step])
     else:
         tri = st.triples
-        class_sums(cross.rows, member, tri.level, tri.e1, tri.e2, tri.place, tri.mirror, G)
+        class_sums(cross.rows, member, st.row_level, st.row_col, tri.e1, tri.e2, G)
     class_counts = np.broadcast_to(values, (m, n_classes)).copy()
     return Reduced(cross.rest, G, None, None, class_counts, mult, layout)
 
@@ -453,7 +454,7 @@ def _criterion(
         # s = θ₁²/(1 + θ₁²c) and, as the order asks, ∂s/∂θ₁ and ∂²s/∂θ₁², weighted at once.
         s = [t1**2 / den, 2.0 * t1 / den**2, 2.0 * (1.0 - 3.0 * sq) / den**3][: order + 1]
         W = red.weighted(np.stack(s, axis=1), _scratch)
-        A_t = np.subtract(red.A, W[:, 0], out=_scratch("A_t", square))
+        A_t = np.subtract(red.A, W[:, 0], out=W[:, 0])  # W₀ is not needed again
         ell = (red.mult * np.log(den)).sum(axis=1)
     else:
         A_t, ell = red.A, np.zeros(m)
@@ -532,6 +533,7 @@ def _criterion(
     C_rr = C[:, :, :qr]
     tr_DD = 2.0 * blocks(np.multiply(C_rr, C_rr.transpose(0, 2, 1), out=_scratch("CC", rr)))
     tr_DD += 2.0 * blocks(np.multiply(Kk[:, :qr, :qr], H, out=_scratch("KH", rr)))
+    del H  # a large single fit holds few (dr, dr) arrays at once
     tr_D2 = 2.0 * blocks(np.multiply(Kk[:, :qr, :qr], A_t[:, :qr, :qr], out=_scratch("KA", rr)))
     vD2v = 2.0 * np.einsum("ami,mib->mab", Ev, AEv)  # v'D_ab v
     extra = np.zeros((m, k, k))
