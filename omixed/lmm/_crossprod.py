@@ -27,9 +27,12 @@ from functools import cached_property
 import numpy as np
 from scipy import sparse
 
-from ._kernels import as_index, cross_products
-
 __all__ = ["Cross", "CrossProducts", "Triples"]
+
+
+def as_index(x: np.ndarray) -> np.ndarray:
+    """Indices as contiguous int64, the one type the kernels are compiled for."""
+    return np.ascontiguousarray(x, dtype=np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +101,8 @@ class CrossProducts:
 
     def __call__(self, Y: np.ndarray, W: np.ndarray) -> Cross:
         """The cross-products of features × rows ``Y`` with weights ``W`` (0 where missing)."""
+        from ._kernels import cross_products  # numba, loaded at the first fit only
+
         m, d = Y.shape[0], self.dim
         first = np.zeros((m, self.n_levels, self.b, self.b))
         rows = np.zeros((m, self.n_places))

@@ -90,8 +90,3 @@ def class_sums(rows, member, row_level, row_col, e1, e2, out):
             out[f, k, j1 * dr + j2] += v
             if j1 != j2:
                 out[f, k, j2 * dr + j1] += v
-
-
-def as_index(x: np.ndarray) -> np.ndarray:
-    """Indices as contiguous int64, the one type the kernels are compiled for."""
-    return np.ascontiguousarray(x, dtype=np.int64)

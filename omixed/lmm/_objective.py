@@ -59,7 +59,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ._crossprod import Cross, CrossProducts
-from ._kernels import class_sums, level_sums
 
 __all__ = [
     "Layout",
@@ -208,6 +207,8 @@ class Reduced:
             np.multiply(self.B.transpose(0, 2, 1)[:, None], s[:, :, None, :], out=rows)
             out = out.reshape(m, j * dr, dr)
             return np.matmul(rows.reshape(m, j * dr, q1), self.B, out=out).reshape(m, j, dr, dr)
+        from ._kernels import level_sums  # numba, loaded at the first fit only
+
         st = self.structure
         tri = st.triples
         weights = np.ascontiguousarray(s, dtype=np.float64)
@@ -255,6 +256,8 @@ def reduce(cross: Cross, layout: Layout) -> Reduced:
             prod = prod.reshape(-1, q1, dr * dr)
             np.matmul(onehot[a : a + step].transpose(0, 2, 1), prod, out=G[a : a + step])
     else:
+        from ._kernels import class_sums
+
         tri = st.triples
         class_sums(cross.rows, member, st.row_level, st.row_col, tri.e1, tri.e2, G)
     class_counts = np.broadcast_to(values, (m, n_classes)).copy()
