@@ -3,7 +3,7 @@
 # Usage: Rscript lme4_loop.R <long.csv> <formula> <feature_col> <REML: TRUE|FALSE> <max_features|NA> <out.csv>
 #
 # Writes <out.csv> with columns `feature, crit` (-2 x log-likelihood: the REML criterion for REML
-# fits, the deviance for ML fits) and prints the elapsed seconds of the fitting loop as the last
+# fits, the deviance for ML fits; NA where lmer refuses the design) and prints the elapsed seconds of the fitting loop as the last
 # line of stdout. Reading the table and splitting it by feature happen before the clock starts,
 # so only lmer() and extracting its criterion are timed. Rows with a missing response are
 # dropped by lmer's default na.action (na.omit), as in a plain user loop.
@@ -31,8 +31,11 @@ per_feature <- split(long, factor(long[[feature_col]], levels = features))
 crit <- numeric(length(features))
 start <- proc.time()[["elapsed"]]
 for (i in seq_along(features)) {
-  fit <- lmer(model, data = per_feature[[i]], REML = reml)
-  crit[i] <- -2 * as.numeric(logLik(fit))
+  # lmer refuses some designs (e.g. no more observations than random effects): NA, not a halt.
+  crit[i] <- tryCatch(
+    -2 * as.numeric(logLik(lmer(model, data = per_feature[[i]], REML = reml))),
+    error = function(e) NA_real_
+  )
 }
 elapsed <- proc.time()[["elapsed"]] - start
 

@@ -92,6 +92,43 @@ def simulate(design: pd.DataFrame, n_features=50, sd=(0.7, 0.5, 0.4), missing=0.
     return Y
 
 
+def full_cross_products(spec, design, Ys: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``A[f] = [Z X y_f]' diag(w_f) [Z X y_f]`` dense, terms in ``design``'s elimination order."""
+    M = np.hstack([*(spec.terms[i].indicator().toarray() for i in design.order), spec.X])
+    A = np.empty((Ys.shape[0], M.shape[1] + 1, M.shape[1] + 1))
+    for f in range(Ys.shape[0]):
+        My = np.column_stack([M, Ys[f]])
+        A[f] = (My * W[f, :, None]).T @ My
+    return A
+
+
+def cross_from_dense(A: np.ndarray, q1: int):
+    """The engine's cross-product pieces of a dense ``A`` whose first ``q1`` columns are one term.
+
+    That term's block of ``A`` must be diagonal (distinct levels of a scalar term); every
+    place of its rows against the rest is kept.
+    """
+    from omixed.lmm._crossprod import Cross, CrossProducts
+
+    m, d = A.shape[0], A.shape[1] - q1
+    structure = CrossProducts(
+        n_levels=q1,
+        b=1,
+        dim=d,
+        codes=None,
+        values=None,
+        rest=None,
+        x_place=None,
+        y_place=None,
+        row_level=np.repeat(np.arange(q1), d),
+        row_col=np.tile(np.arange(d), q1),
+        starts=np.arange(q1 + 1) * d,
+    )
+    first = np.diagonal(A[:, :q1, :q1], axis1=1, axis2=2).reshape(m, q1, 1, 1).copy()
+    rows = np.ascontiguousarray(A[:, :q1, q1:]).reshape(m, q1 * d)
+    return Cross(first, rows, np.ascontiguousarray(A[:, q1:, q1:]), structure)
+
+
 # Snakemake runs in copies of the project (tests/test_workflow.py, tests/test_slurm.py).
 REPO = Path(__file__).parents[1]
 SNAKEMAKE_TIMEOUT = 300  # seconds for one Snakemake run; a hung run is killed with its jobs

@@ -6,10 +6,12 @@ the references here factor the whole ``Ω = S'AS + diag(I_q, 0, 0)`` instead.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import dense_lambda
+from conftest import cross_from_dense, dense_lambda, full_cross_products
 
 from omixed import lmm
 from omixed.lmm._dense import (
@@ -17,7 +19,8 @@ from omixed.lmm._dense import (
     dense_estimates,
     reduce_dense,
 )
-from omixed.lmm._fit import _design, prepare
+from omixed.lmm._design import plan_design
+from omixed.lmm._fit import prepare
 from omixed.lmm._objective import criterion, estimates, factor_criterion, reduce
 
 FORMULAS = [
@@ -45,36 +48,39 @@ def _data(seed: int = 1) -> pd.DataFrame:
 
 
 def _problem(formula: str, seed: int = 2):
-    """Design, cross-products of 4 features (missing values, unequal weights) and a random θ."""
+    """Layout, cross-products of 4 features (missing values, unequal weights; dense and the
+    engine's pieces) and a random θ."""
     rng = np.random.default_rng(seed)
     data = _data()
-    design = _design(lmm.build_spec(data, formula))
+    spec = lmm.build_spec(data, formula)
+    design = plan_design(spec)
     Y = rng.normal(size=(4, len(data)))
     Y[rng.random(Y.shape) < 0.15] = np.nan
     prep = prepare(Y, design, rng.uniform(0.5, 2.0, size=Y.shape))
+    A = full_cross_products(spec, design, prep.Ys, prep.W)
     layout = design.dense
     sign = np.where(np.isfinite(layout.lower), 1.0, rng.choice([-1.0, 1.0], layout.n_theta))
     theta = rng.uniform(0.2, 1.5, size=(4, layout.n_theta)) * sign
-    return layout, prep.A, prep.n_obs, prep.p_eff.astype(float), theta
+    return layout, A, prep.cross, prep.n_obs, prep.p_eff.astype(float), theta
 
 
 @pytest.mark.parametrize("formula", FORMULAS)
 @pytest.mark.parametrize("reml", [True, False])
 def test_eliminated_criterion_equals_the_unreduced_one(formula, reml):
-    layout, A, n_obs, p_eff, theta = _problem(formula)
+    layout, A, cross, n_obs, p_eff, theta = _problem(formula)
     S = dense_lambda(theta, layout)
     full, _, _, _ = factor_criterion(
         S.transpose(0, 2, 1) @ A @ S, layout.q, np.zeros(A.shape[0]), n_obs, p_eff, reml
     )
-    got, _, _ = dense_criterion(theta, reduce_dense(A, layout), n_obs, p_eff, layout, reml=reml)
+    got, _, _ = dense_criterion(theta, reduce_dense(cross, layout), n_obs, p_eff, layout, reml=reml)
     np.testing.assert_allclose(got, full, rtol=1e-12)
 
 
 @pytest.mark.parametrize("formula", FORMULAS)
 @pytest.mark.parametrize("reml", [True, False])
 def test_gradient_and_hessian_match_finite_differences(formula, reml):
-    layout, A, n_obs, p_eff, theta = _problem(formula)
-    red = reduce_dense(A, layout)
+    layout, _, cross, n_obs, p_eff, theta = _problem(formula)
+    red = reduce_dense(cross, layout)
 
     def f(th, order):
         return dense_criterion(th, red, n_obs, p_eff, layout, reml=reml, order=order)
@@ -93,9 +99,9 @@ def test_gradient_and_hessian_match_finite_differences(formula, reml):
 
 @pytest.mark.parametrize("formula", FORMULAS)
 def test_estimates_match_a_solve_of_the_unreduced_system(formula):
-    layout, A, n_obs, p_eff, theta = _problem(formula)
+    layout, A, cross, n_obs, p_eff, theta = _problem(formula)
     q = layout.q
-    beta, se, blup, sigma2 = dense_estimates(theta, A, layout, n_obs, p_eff, reml=True)
+    beta, se, blup, sigma2 = dense_estimates(theta, cross, layout, n_obs, p_eff, reml=True)
     S = dense_lambda(theta, layout)
     Om = S.transpose(0, 2, 1) @ A @ S
     Om[:, np.arange(q), np.arange(q)] += 1.0
@@ -126,7 +132,7 @@ def test_no_column_on_the_bound_descends_through_its_sign_flip():
     W = rng.uniform(0.5, 2, size=Y.shape)
     Y, W = Y[:, 90:150], W[:, 90:150]
     res = lmm.fit(Y, data, formula, reml=False, weights=W)
-    design = _design(lmm.build_spec(data, formula))
+    design = plan_design(lmm.build_spec(data, formula))
     layout = design.dense
     theta = res.theta[[*design.term_names, *design.extra_names]].to_numpy()
     off = np.flatnonzero(layout.column_of >= 0)
@@ -136,7 +142,7 @@ def test_no_column_on_the_bound_descends_through_its_sign_flip():
     flipped = theta[rows]
     flipped[:, off] = np.where(at_zero[rows], -flipped[:, off], flipped[:, off])
     prep = prepare(np.ascontiguousarray(Y.T[rows]), design, np.ascontiguousarray(W.T[rows]))
-    red = reduce_dense(prep.A, layout)
+    red = reduce_dense(prep.cross, layout)
     _, grad, _ = dense_criterion(
         flipped, red, prep.n_obs, prep.p_eff.astype(float), layout, reml=False, order=1
     )
@@ -202,12 +208,12 @@ def test_design_eliminates_the_factor_with_the_most_columns():
         "~ x + (1|batch) + (z|site)": ("site", "site.z", "batch"),
     }
     for formula, names in cases.items():
-        design = _design(lmm.build_spec(data, formula))
+        design = plan_design(lmm.build_spec(data, formula))
         assert design.term_names == names
         assert design.dense.levels.shape == (data[names[0]].nunique(), 2)
         assert design.correlated == ("(z|site)" in formula)
     # A lone scalar term first: the closed-form elimination of _objective.
-    design = _design(lmm.build_spec(data, "~ x + (1|g) + (0 + x|batch)"))
+    design = plan_design(lmm.build_spec(data, "~ x + (1|g) + (0 + x|batch)"))
     assert design.dense is None and design.term_names == ("g", "batch.x")
 
 
@@ -216,16 +222,18 @@ def test_design_eliminates_the_factor_with_the_most_columns():
 def test_scalar_group_elimination_equals_the_closed_form_one(formula, reml):
     # _objective eliminates only the group's first term and keeps the others in its reduced
     # system; the criterion, gradient, Hessian and estimates are the same functions of θ.
-    layout, A, n_obs, p_eff, theta = _problem(formula)
-    design = _design(lmm.build_spec(_data(), formula))
+    layout, A, cross, n_obs, p_eff, theta = _problem(formula)
+    design = plan_design(lmm.build_spec(_data(), formula))
     assert not design.correlated and design.layout.n_theta == layout.n_theta
     theta[0, 0] = theta[1, 1] = theta[2, -1] = 0.0  # on the bound too
-    got = dense_criterion(theta, reduce_dense(A, layout), n_obs, p_eff, layout, reml=reml, order=2)
-    want = criterion(theta, reduce(A, design.layout), n_obs, p_eff, reml=reml, order=2)
+    red = reduce_dense(cross, layout)
+    got = dense_criterion(theta, red, n_obs, p_eff, layout, reml=reml, order=2)
+    closed_form = cross_from_dense(A, design.layout.sizes[0])  # the group's first term only
+    want = criterion(theta, reduce(closed_form, design.layout), n_obs, p_eff, reml=reml, order=2)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
-    got = dense_estimates(theta, A, layout, n_obs, p_eff, reml)
-    want = estimates(theta, A, design.layout, n_obs, p_eff, reml)
+    got = dense_estimates(theta, cross, layout, n_obs, p_eff, reml)
+    want = estimates(theta, closed_form, design.layout, n_obs, p_eff, reml)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
 
@@ -247,3 +255,14 @@ def test_same_factor_estimates_match_a_full_solve(formula):
 )
 def test_same_factor_fits_do_not_depend_on_chunks_or_jobs(formula):
     test_correlated_fits_do_not_depend_on_chunks_or_jobs(formula)
+
+
+def test_fits_with_several_optima_reach_lme4s_criterion():
+    """Small (x|donor) fits where lme4's optimum is singular or far out (tests/data/singular)."""
+    folder = Path(__file__).parent / "data" / "singular"
+    problems = pd.read_csv(folder / "problems.csv")
+    ref = pd.read_csv(folder / "lme4.csv").set_index("problem")["crit"]
+    for name, data in problems.groupby("problem", sort=False):
+        res = lmm.fit(data["y"].to_numpy(), data, "y ~ condition + (x|donor)")
+        assert res.converged.iloc[0], name
+        assert res.criterion.iloc[0] <= ref[name] + 1e-6, (name, res.criterion.iloc[0], ref[name])

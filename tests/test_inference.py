@@ -15,7 +15,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import crossed_design
+from conftest import crossed_design, full_cross_products
 from scipy import stats
 
 import omixed
@@ -30,7 +30,7 @@ from omixed.lmm import (
     t_table,
     trigamma_inverse,
 )
-from omixed.lmm._fit import _design
+from omixed.lmm._design import plan_design
 from omixed.lmm._inference import _half_pinv, _moments_chunk
 from omixed.tl._contrast import test as tl_test
 
@@ -189,7 +189,7 @@ def test_varpar_covariance_matches_lmertest(genes, lme4_classic, classic_data, l
         cases.append((Y1, data, formula, lmertest[1][name]["fits"]))
     for Y, data, formula, ref_fits in cases:
         spec = lmm.build_spec(data, formula)
-        design = _design(spec)
+        design = plan_design(spec)
         theta = _lme4_theta(ref_fits, design.term_names)  # lme4 order = elimination order
         out = _moments_chunk(
             np.ascontiguousarray(Y.T),
@@ -266,7 +266,7 @@ def test_hessian_and_gradient_match_finite_differences():
     y = (y - y.mean()) / y.std()  # standardized already, so the chunk works on y itself
     formula = "~ condition + (1|batch) + (1|donor) + (1|lane)"
     spec = lmm.build_spec(design, formula)
-    design_ = _design(spec)
+    design_ = plan_design(spec)
     Zs = [spec.terms[i].indicator().toarray() for i in design_.order]
     theta = np.array([0.8, 1.3, 0.4])  # elimination order, not an optimum
     L = np.array([0.0, 1.0])
@@ -622,7 +622,7 @@ def test_sleepstudy_correlated_at_lme4s_theta(lme4_classic, classic_data, lmerte
         got = contrast_moments(_at(res, theta), Y, data, term).iloc[0]
         assert got["df_satterthwaite"] == pytest.approx(row["df"], rel=1e-6)
         assert np.sqrt(got["var"]) == pytest.approx(row["se"], rel=1e-8)
-    design = _design(lmm.build_spec(data, formula))
+    design = plan_design(lmm.build_spec(data, formula))
     order = [*design.term_names, *design.extra_names]
     out = _moments_chunk(
         np.ascontiguousarray(Y.T),
@@ -659,7 +659,7 @@ def test_correlated_hessian_and_gradient_match_finite_differences():
     y = rng.normal(size=28) + rng.normal(size=7).repeat(4) * (1 + design["x"].to_numpy())
     y = (y - y.mean()) / y.std()  # standardized already, so the chunk works on y itself
     spec = lmm.build_spec(design, "~ condition + (1 + x|g)")
-    design_ = _design(spec)
+    design_ = plan_design(spec)
     assert design_.term_names == ("g", "g.x") and design_.extra_names == ("g.x~g",)
     Zs = [term.indicator().toarray() for term in spec.terms]
     theta = np.array([0.9, 0.6, -0.4])  # (T_00, T_11, T_10), not an optimum
@@ -705,7 +705,7 @@ def test_tl_test_correlated_slopes(lme4_classic, classic_data, lmertest):
     np.testing.assert_allclose(mod["estimate"], top.loc[mod.index, "estimate"])
 
 
-def _full_system_reference(Yt, design, theta, L):
+def _full_system_reference(Yt, spec, design, theta, L):
     """Hessian in (θ, σ) and ∂ l'Cov(β̂)l from the unreduced ``(q+p+1)``-square system.
 
     The direct formulas of the module notes, one feature at a time: ``Ω = S'AS + diag(I_q, 0)``
@@ -722,7 +722,8 @@ def _full_system_reference(Yt, design, theta, L):
     e = dim - 1
     S_all = dense_lambda(theta, dense)
     hessians, grads = [], []
-    for A, S, nu in zip(prep.A, S_all, prep.n_obs - prep.p_eff, strict=True):
+    full = full_cross_products(spec, design, prep.Ys, prep.W)
+    for A, S, nu in zip(full, S_all, prep.n_obs - prep.p_eff, strict=True):
         Om = S.T @ A @ S + np.diag(np.r_[np.ones(q), np.zeros(dim - q)])
         P = np.linalg.inv(Om[:e, :e])
         x = P @ Om[:e, e]
@@ -778,7 +779,7 @@ def test_correlated_elimination_matches_the_full_system(formula):
     )
     g = np.repeat(np.arange(9), 8)
     Y = rng.normal(size=(n, 5)) + rng.normal(size=(9, 5))[g] * (1 + data["x"].to_numpy()[:, None])
-    design = _design(lmm.build_spec(data, formula))
+    design = plan_design(lmm.build_spec(data, formula))
     assert design.correlated
     n_terms, k = len(design.term_names), design.n_theta
     theta = np.column_stack(
@@ -787,6 +788,6 @@ def test_correlated_elimination_matches_the_full_system(formula):
     L = contrast_vector("cond[T.b]", lmm.build_spec(data, formula).fixed_names)[0]
     Yt = np.ascontiguousarray(Y.T)
     out = _moments_chunk(Yt, design, theta, L, satterthwaite=True)
-    H, grad = _full_system_reference(Yt, design, theta, L)
+    H, grad = _full_system_reference(Yt, lmm.build_spec(data, formula), design, theta, L)
     np.testing.assert_allclose(out["hessian"], H, rtol=1e-9, atol=1e-9 * np.abs(H).max())
     np.testing.assert_allclose(out["grad"], grad, rtol=1e-9, atol=1e-9 * np.abs(grad).max())

@@ -1,12 +1,14 @@
 """Vectorized linear mixed models for many features at once (knows nothing about AnnData).
 
 The pieces follow MixedModels.jl: :mod:`._spec` turns a formula into the fixed-effects matrix and
-random-effects terms, :mod:`._crossprod` forms every feature's cross-products from the sparse
-design, :mod:`._objective` evaluates the profiled REML/ML criterion of θ for a stack of features
-(:mod:`._dense` for correlated terms and several terms on one factor), :mod:`._starts` gives
-moment-based starting values, :mod:`._optimize` minimizes the criterion for all features
-together, and :func:`fit` ties them together over feature chunks.  :mod:`._inference` adds
-Satterthwaite tests and limma's variance moderation on top of a fit.
+random-effects terms, :mod:`._design` plans the elimination order and the sparse maps of
+:mod:`._crossprod`, which forms every feature's cross-products from the factor codes (compiled
+loops in :mod:`._kernels`); :mod:`._elimination` is the one interface to the criterion of θ,
+implemented by :mod:`._objective` (a scalar term eliminated in closed form) and :mod:`._dense`
+(several or correlated terms, level by level); :mod:`._starts` gives moment-based starting
+values, :mod:`._optimize` minimizes the criterion for all features together, and :func:`fit`
+ties them together over feature chunks.  :mod:`._inference` adds Satterthwaite tests and
+limma's variance moderation on top of a fit.
 """
 
 from ._contrasts import contrast_vector, estimable

@@ -64,6 +64,7 @@ from functools import cached_property
 
 import numpy as np
 
+from ._crossprod import Cross
 from ._objective import factor_criterion, factor_inverses, solve_reduced
 from ._optimize import _AT_ZERO, Objective, OptSummary, minimize
 
@@ -118,14 +119,24 @@ class DenseLayout:
     def n_theta(self) -> int:
         return self.lower.size
 
+    def _diagonal_of(self, entries: np.ndarray) -> np.ndarray:
+        """Per parameter: for an off-diagonal, the diagonal parameter at the same row (or
+        column) of ``S`` as its entries ``entries`` (``self.rows`` or ``self.cols``); -1 else."""
+        out = np.full(self.n_theta, -1)
+        for e in np.flatnonzero(~np.isfinite(self.lower)):
+            c = entries[self.which == e][0]
+            out[e] = self.which[(self.rows == c) & (self.cols == c)][0]
+        return out
+
     @cached_property
     def column_of(self) -> np.ndarray:
         """Per parameter: for an off-diagonal ``T_ac``, the parameter ``T_cc``; -1 otherwise."""
-        out = np.full(self.n_theta, -1)
-        for e in np.flatnonzero(~np.isfinite(self.lower)):
-            c = self.cols[self.which == e][0]
-            out[e] = self.which[(self.rows == c) & (self.cols == c)][0]
-        return out
+        return self._diagonal_of(self.cols)
+
+    @cached_property
+    def row_of(self) -> np.ndarray:
+        """Per parameter: for an off-diagonal ``T_ac``, the parameter ``T_aa``; -1 otherwise."""
+        return self._diagonal_of(self.rows)
 
     @cached_property
     def elimination(self) -> _Elimination:
@@ -191,13 +202,21 @@ class DenseReduced:
         return DenseReduced(self.A[rows], self.C.take(rows, axis=2), self.B.take(rows, axis=2))
 
 
-def reduce_dense(A: np.ndarray, layout: DenseLayout) -> DenseReduced:
-    """Split the cross-products ``A`` into ``A_rr``, term 1's blocks ``C_l`` and rows ``B_l``."""
-    lv, rest = layout.levels.T, layout.elimination.rest  # lv[a, l]: component a at level l
+def reduce_dense(cross: Cross, layout: DenseLayout) -> DenseReduced:
+    """Split the cross-products into ``A_rr``, term 1's blocks ``C_l`` and rows ``B_l``.
+
+    ``B`` is held densely here (``b · dr`` numbers per level and feature).
+    """
+    m = cross.n_features
+    n_levels, b = layout.levels.shape
+    dr = cross.rest.shape[1]
+    st = cross.structure
+    rows = np.zeros((m, n_levels * b, dr))
+    rows[:, st.row_level, st.row_col] = cross.rows
     return DenseReduced(
-        np.ascontiguousarray(A[:, rest[:, None], rest[None, :]]),
-        np.ascontiguousarray(A[:, lv[:, None, :], lv[None, :, :]].transpose(1, 2, 0, 3)),
-        np.ascontiguousarray(A[:, lv[:, None, :], rest[None, :, None]].transpose(1, 2, 0, 3)),
+        cross.rest,
+        np.ascontiguousarray(cross.first.transpose(2, 3, 0, 1)),
+        np.ascontiguousarray(rows.reshape(m, n_levels, b, dr).transpose(2, 3, 0, 1)),
     )
 
 
@@ -423,7 +442,7 @@ def dense_criterion(
 
 def dense_estimates(
     theta: np.ndarray,
-    A: np.ndarray,
+    cross: Cross,
     layout: DenseLayout,
     n_obs: np.ndarray,
     p_eff: np.ndarray,
@@ -436,15 +455,17 @@ def dense_estimates(
     per level by back-substitution, ``Tũ_l = P_l (A_ly − A_{l,r} S_r x)``.
     """
     el = layout.elimination
-    red = reduce_dense(A, layout)
+    red = reduce_dense(cross, layout)
     st = _state(theta, red, layout)
     m = red.A.shape[0]
+    n_levels, b = layout.levels.shape
     qr = el.qr
     sol, se, sigma2 = solve_reduced(st.Om, qr, n_obs, p_eff, reml)
     x = np.einsum("mij,mj->mi", st.S[:, :-1, :-1], sol)  # the unscaled (Λ_r ũ_r, β̂)
     blup = np.empty((m, layout.q))
     blup[:, el.rest[:qr]] = x[:, :qr]
-    resid = red.B[:, -1] - np.einsum("idml,md->iml", red.B[:, :-1], x)
+    resid = cross.times(np.concatenate([-x, np.ones((m, 1))], axis=1))
+    resid = resid.reshape(m, n_levels, b).transpose(2, 0, 1)  # (b, m, L)
     P = _mm(st.W, _t(st.W))  # T N T'
     blup[:, layout.levels.T] = np.einsum("ijml,jml->iml", P, resid).transpose(1, 0, 2)
     return sol[:, qr:], se, blup, sigma2
@@ -453,23 +474,20 @@ def dense_estimates(
 def minimize_dense(
     objective: Objective, starts: np.ndarray, fixed: np.ndarray, layout: DenseLayout
 ) -> OptSummary:
-    """Minimize from every start, then from sign flips of columns on the bound; keep the best.
+    """Minimize from every start, then from sign flips and escapes on the bound; keep the best.
 
     Correlated terms can have several local optima, so every start ``(n_starts, m, k)`` is
     descended (as copies of the features, in one batch).  A column ``c`` of ``T`` can also end
     with ``T_cc = 0`` held by the bound although the criterion falls into ``T_cc > 0``: negating
     the column gives the same ``TT'`` and flips the sign of the gradient in ``T_cc``, so such
-    points (column not all zero) are descended again from their flipped copy.
+    points (column not all zero) are descended again from their flipped copy.  Fits that end
+    singular (a component's own SD 0: perfectly correlated), far out (relative SDs above
+    ``_FAR``, where σ² → 0 and the criterion has several valleys) or no better than θ = 0 are
+    descended again from :func:`_escape_starts` (large SDs with correlations of both signs,
+    and rank-one factors), as lme4 finds such optima from its single start.
     """
-    n_c, m, k = starts.shape
-
-    def each_start(th, sub, order):
-        return objective(th, sub % m, order)
-
-    runs = minimize(
-        each_start, starts.reshape(1, n_c * m, k), np.tile(fixed, (n_c, 1)), lower=layout.lower
-    )
-    opt = _take(runs, np.argmin(runs.fmin.reshape(n_c, m), axis=0) * m + np.arange(m))
+    _, m, k = starts.shape
+    opt = _best_of(objective, starts, fixed, layout.lower)
 
     off = np.flatnonzero(layout.column_of >= 0)
     at_zero = opt.theta[:, layout.column_of[off]] <= _AT_ZERO
@@ -477,15 +495,81 @@ def minimize_dense(
     if redo.size:
         flipped = opt.theta[redo]
         flipped[:, off] = np.where(at_zero[redo], -flipped[:, off], flipped[:, off])
+        _keep_better(
+            opt, redo, _best_of(_rows_of(objective, redo), flipped[None], fixed[redo], layout.lower)
+        )
 
-        def flipped_rows(th, sub, order):
-            return objective(th, redo[sub], order)
-
-        again = minimize(flipped_rows, flipped[None], fixed[redo], lower=layout.lower)
-        better = again.fmin < opt.fmin[redo]
-        for field in fields(opt):
-            getattr(opt, field.name)[redo[better]] = getattr(again, field.name)[better]
+    f0, _, _ = objective(np.zeros_like(opt.theta), np.arange(m), 0)
+    diagonal = np.isfinite(layout.lower)
+    singular = np.any(opt.theta[:, layout.row_of[off]] <= _AT_ZERO, axis=1)
+    far = np.abs(opt.theta[:, diagonal]).max(axis=1, initial=0.0) > _FAR
+    again = np.flatnonzero((singular | far | ~(opt.fmin < f0)) & opt.converged)
+    if again.size:
+        escapes = np.broadcast_to(_escape_starts(layout)[:, None, :], (_N_ESCAPES, again.size, k))
+        escapes = np.where(fixed[again], 0.0, escapes)
+        _keep_better(
+            opt, again, _best_of(_rows_of(objective, again), escapes, fixed[again], layout.lower)
+        )
     return opt
+
+
+_FAR = 4.0
+_ESCAPE_SDS = (4.0, 16.0)
+
+
+def _escape_starts(layout: DenseLayout) -> np.ndarray:
+    """``(n, k)`` starts far out and on the rank-one boundary (see :func:`minimize_dense`).
+
+    For each SD in ``_ESCAPE_SDS``: every SD at it with every correlation ``±1/2`` (``T_ac =
+    ±SD/2``), and the rank-one factor whose later components follow the first (their own SDs
+    0, ``T_a0 = ±SD``).
+    """
+    diagonal = np.isfinite(layout.lower)
+    off = np.flatnonzero(~diagonal)
+    later = np.zeros(layout.n_theta, dtype=bool)
+    later[layout.row_of[off]] = True
+    first_column = np.zeros(layout.n_theta, dtype=bool)
+    first_column[off] = ~later[layout.column_of[off]]
+    starts = []
+    for sd in _ESCAPE_SDS:
+        for sign in (-1.0, 1.0):
+            starts.append(np.where(diagonal, sd, sign * sd / 2))
+            starts.append(np.where(diagonal, np.where(later, 0.0, sd), sign * sd * first_column))
+    return np.array(starts)
+
+
+_N_ESCAPES = 4 * len(_ESCAPE_SDS)
+
+
+def _best_of(
+    objective: Objective, starts: np.ndarray, fixed: np.ndarray, lower: np.ndarray
+) -> OptSummary:
+    """Descend every start ``(n_starts, m, k)`` (as copies of the features) and keep the best."""
+    n_c, m, k = starts.shape
+
+    def each_start(th, sub, order):
+        return objective(th, sub % m, order)
+
+    runs = minimize(
+        each_start, starts.reshape(1, n_c * m, k), np.tile(fixed, (n_c, 1)), lower=lower
+    )
+    return _take(runs, np.argmin(runs.fmin.reshape(n_c, m), axis=0) * m + np.arange(m))
+
+
+def _rows_of(objective: Objective, rows: np.ndarray) -> Objective:
+    """``objective`` restricted to the features ``rows``."""
+
+    def restricted(th, sub, order):
+        return objective(th, rows[sub], order)
+
+    return restricted
+
+
+def _keep_better(opt: OptSummary, rows: np.ndarray, other: OptSummary) -> None:
+    """Take ``other``'s results for the features ``rows`` where its criterion is lower."""
+    better = other.fmin < opt.fmin[rows]
+    for field in fields(opt):
+        getattr(opt, field.name)[rows[better]] = getattr(other, field.name)[better]
 
 
 def _take(opt: OptSummary, rows: np.ndarray) -> OptSummary:

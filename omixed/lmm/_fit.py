@@ -6,169 +6,27 @@ import itertools
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from scipy import sparse
+from threadpoolctl import threadpool_limits
 
-from ._crossprod import CrossProducts
-from ._dense import (
-    DenseLayout,
-    dense_criterion,
-    dense_estimates,
-    minimize_dense,
-    reduce_dense,
-    term_factor,
-)
-from ._objective import Layout, criterion, estimates, reduce, use_count_classes
-from ._optimize import minimize
+from ._crossprod import Cross
+from ._design import Design, plan_design
 from ._result import LMMResult
-from ._spec import FixedSpec, ModelSpec, RandomTerm, aliased_mask, build_spec
-from ._spectral import Spectral, spectral_fit
-from ._starts import moment_starts
+from ._spec import FixedSpec, ModelSpec, aliased_mask, build_spec
+from ._spectral import spectral_fit
 
 __all__ = ["fit", "plan_fit", "run_plans"]
 
-_STARTS = (0.5, 1.0, 2.0)  # correlated terms: relative SDs each descended from
 _DEFAULT_CHUNK_BYTES = 32 * 2**20
-
-
-@dataclass(frozen=True)
-class _Design:
-    """The shared design in elimination order: ``M = [Z_1 … Z_G X]`` and its layout.
-
-    The elimination order puts the terms of the eliminated factor first (see :func:`_design`),
-    then the others by decreasing number of levels.
-    """
-
-    M: np.ndarray
-    layout: Layout
-    order: np.ndarray  # formula-order index of each term in elimination order
-    intercept: int | None  # column of X that is all ones, if any
-    spectral: Spectral | None  # the one-term shortcut's design pieces, if it applies
-    fixed_names: tuple[str, ...]
-    term_names: tuple[str, ...]  # elimination order
-    dense: DenseLayout | None = None  # a factor's terms eliminated together (see _dense)
-    extra_names: tuple[str, ...] = ()  # dense: names of the off-diagonal parameters
-    covariances: tuple[tuple[int, int], ...] = ()  # dense: term pairs with a covariance
-
-    @property
-    def n_theta(self) -> int:
-        return self.dense.n_theta if self.dense is not None else self.layout.n_theta
-
-    @property
-    def correlated(self) -> bool:
-        """Whether some term has off-diagonal parameters (a correlated ``(x|g)``)."""
-        return bool(self.extra_names)
-
-    @cached_property
-    def cross_products(self) -> CrossProducts:
-        """Every chunk's ``[M y]'W[M y]``, from the sparsity of ``M`` (see _crossprod)."""
-        return CrossProducts.from_design(self.M)
-
-
-def _factors(terms: tuple[RandomTerm, ...]) -> list[list[int]]:
-    """The terms grouped by grouping factor (equal codes), each group in formula order."""
-    groups: list[list[int]] = []
-    for i, term in enumerate(terms):
-        same = (g for g in groups if np.array_equal(terms[g[0]].codes, term.codes))
-        group = next(same, None)
-        if group is None:
-            groups.append([i])
-        else:
-            group.append(i)
-    return groups
-
-
-def _design(spec: ModelSpec) -> _Design:
-    """The design of ``spec`` and how its criterion eliminates the random effects.
-
-    The factor whose terms have the most columns (the first of equal ones, terms taken by
-    decreasing number of levels) is eliminated first.  A lone scalar term there goes through
-    :mod:`._objective`, which eliminates it in closed form.  Several terms on that factor (the
-    components of ``(x|g)``, or scalar terms such as ``(1|g) + (0 + x|g)``), or correlated terms
-    anywhere, go through :mod:`._dense`, which eliminates the factor's terms level by level.
-    """
-    terms = spec.terms
-    by_levels = [int(i) for i in np.argsort([-t.n_levels for t in terms], kind="stable")]
-    first = max(
-        _factors(terms),
-        key=lambda g: (sum(terms[i].n_levels for i in g), -by_levels.index(g[0])),
-        default=[],
-    )
-    order = np.array([*first, *(i for i in by_levels if i not in first)], dtype=int)
-    Z = [terms[i].indicator().toarray() for i in order]
-    sizes = tuple(terms[i].n_levels for i in order)
-    p = spec.X.shape[1]
-    dense, extra, pairs, classes, spectral = None, (), (), 0, None
-    if spec.blocks or len(first) > 1:
-        dense, extra, pairs = _dense_design(spec, order, len(first))
-    elif Z:
-        # Group the eliminated term's levels by count when that stores less than the levels do.
-        # Counts are the diagonal of Z'Z only for 0/1 intercept columns: slopes keep a class per
-        # level.
-        largest = int(Z[0].sum(axis=0).max()) if terms[order[0]].is_intercept else 0
-        dr = sum(sizes[1:]) + p + 1
-        classes = largest if use_count_classes(largest, sizes[0], dr) else 0
-        spectral = Spectral.from_design(spec.X, Z[0]) if len(Z) == 1 else None
-    ones = np.flatnonzero(np.all(spec.X == 1.0, axis=0))
-    return _Design(
-        np.hstack([*Z, spec.X]) if Z else spec.X.copy(),
-        Layout(sizes, p, classes),
-        order,
-        int(ones[0]) if ones.size else None,
-        spectral,
-        spec.fixed_names,
-        tuple(terms[i].name for i in order),
-        dense,
-        extra,
-        pairs,
-    )
-
-
-def _dense_design(
-    spec: ModelSpec, order: np.ndarray, n_first: int
-) -> tuple[DenseLayout, tuple[str, ...], tuple[tuple[int, int], ...]]:
-    """Where each parameter sits in ``Λ``, the terms in elimination ``order``.
-
-    The first ``n_first`` terms share the factor that :mod:`._dense` eliminates level by level.
-    Returns the :class:`DenseLayout`, the names of the off-diagonal parameters (``"a~c"``:
-    ``T_ac`` of a correlated term, lme4's column order) and the pairs of terms (elimination
-    positions) that have a covariance.
-    """
-    terms = spec.terms
-    position = np.empty(len(terms), dtype=int)
-    position[order] = np.arange(len(terms))
-    sizes = [terms[i].n_levels for i in order]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    # The diagonal: each term's own SD at every level.
-    rows = [offsets[j] + np.arange(n) for j, n in enumerate(sizes)]
-    cols = list(rows)
-    which = [np.full(n, j) for j, n in enumerate(sizes)]
-    extra, pairs = [], []
-    for block in spec.blocks:  # lower triangle of each correlated term's T
-        for c_pos, c in enumerate(block):
-            for a in block[c_pos + 1 :]:
-                lv = np.arange(terms[a].n_levels)
-                rows.append(offsets[position[a]] + lv)
-                cols.append(offsets[position[c]] + lv)
-                which.append(np.full(lv.size, len(terms) + len(extra)))
-                extra.append(f"{terms[a].name}~{terms[c].name}")
-        pairs += [(position[a], position[b]) for i, a in enumerate(block) for b in block[i + 1 :]]
-    k = len(terms) + len(extra)
-    levels = offsets[:n_first][None, :] + np.arange(sizes[0])[:, None]
-    dense = DenseLayout(
-        sum(sizes),
-        spec.X.shape[1],
-        np.concatenate(rows),
-        np.concatenate(cols),
-        np.concatenate(which),
-        np.where(np.arange(k) < len(terms), 0.0, -np.inf),
-        levels,
-    )
-    return dense, tuple(extra), tuple((int(a), int(b)) for a, b in pairs)
+_MAX_CHUNK = 8192
+# Below this many rest columns the per-feature matrices are small and BLAS threads only add
+# overhead (OpenBLAS threads small products badly on a loaded machine); above it, a worker's
+# share of the cores speeds up the few large factorizations.
+_THREADED_DIM = 512
 
 
 def _check_response(Y: np.ndarray, n_rows: int, nonfinite: str) -> np.ndarray:
@@ -304,7 +162,7 @@ class _Plan:
     """One fit's work: its spec and design, and one task per chunk of features."""
 
     spec: ModelSpec
-    design: _Design
+    design: Design
     feature_names: pd.Index
     reml: bool
     tasks: Iterator
@@ -360,20 +218,22 @@ def plan_fit(
                 f"{int(bad.sum())} observed value(s) have a weight that is not positive and "
                 f"finite, e.g. at (row {rows[0]}, feature {cols[0]})"
             )
-    design = _design(spec)
+    design = plan_design(spec)
     m = Y.shape[1]
     if feature_names is None:
         feature_names = pd.RangeIndex(m)
     feature_names = pd.Index(feature_names)
     if len(feature_names) != m:
         raise ValueError(f"{len(feature_names)} feature names for {m} features")
+    per_feature = design.bytes_per_feature(spec.n_rows)
+    _check_memory(design, per_feature)
     if chunk_size is None:
-        # A and the optimizer's temporaries, plus the chunk's few copies of the data rows.
-        per_feature = 8 * ((design.M.shape[1] + 1) ** 2 * 4 + 8 * spec.n_rows)
-        chunk_size = int(max(64, min(8192, _DEFAULT_CHUNK_BYTES // per_feature)))
-        # Balanced chunks, at least one per worker (results do not depend on the chunking).
-        n_chunks = max(-(-m // chunk_size), min(n_jobs, -(-m // 64)) if n_jobs > 0 else 1)
-        chunk_size = max(1, -(-m // n_chunks))
+        # As many features as fit the chunk budget (at least one), in balanced chunks, at
+        # least one per worker (results do not depend on the chunking).
+        chunk_size = int(max(1, min(_MAX_CHUNK, _DEFAULT_CHUNK_BYTES // per_feature)))
+        workers = effective_n_jobs(n_jobs)
+        n_chunks = max(-(-m // chunk_size), min(workers, -(-m // 64)))
+        chunk_size = max(1, -(-m // max(n_chunks, 1)))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     bounds = [*range(0, m, chunk_size), m]
@@ -391,10 +251,13 @@ def plan_fit(
             return Y[:, a:b]
         return _check_response(_dense(Y[:, a:b]), spec.n_rows, nonfinite)
 
+    threads = _blas_threads(design, n_jobs, len(chunks))
+
     def task(a: int, b: int):
         Yb = block(a, b)
         wb = None if weights is None else weights[:, a:b]
-        return delayed(_fit_chunk)(Yb, design, reml, wb, singleton_terms(Yb, spec, design.order))
+        singletons = singleton_terms(Yb, spec, design.order)
+        return delayed(_fit_chunk)(Yb, design, reml, wb, singletons, threads)
 
     # A generator, so an out-of-core Y is read one chunk at a time as the workers ask.
     tasks = (task(a, b) for a, b in chunks)
@@ -428,9 +291,46 @@ def _dense(block) -> np.ndarray:
     return block.toarray() if sparse.issparse(block) else np.asarray(block)
 
 
-def _take(A: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``A[rows]``, without the copy when ``rows`` are all of them in order (the usual case)."""
-    return A if np.array_equal(rows, np.arange(A.shape[0])) else A[rows]
+def _blas_threads(design: Design, n_jobs: int, n_tasks: int) -> int:
+    """BLAS threads per worker: ``n_jobs`` are the cores given, shared by the busy workers.
+
+    Never more threads than that (on a shared machine BLAS threads beyond the cores a fit may
+    use spin against other processes: InstEval took 6-12 s with two threads on two loaded cores
+    against 1.3-2.4 s with one), and one thread for the small per-feature matrices of most
+    designs, where threads only add overhead.
+    """
+    if design.rest_dim < _THREADED_DIM:
+        return 1
+    cores = effective_n_jobs(n_jobs)
+    return max(1, cores // max(1, min(cores, n_tasks)))
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_memory(design: Design, per_feature: int) -> None:
+    """Refuse, before any fitting, a model whose single feature would not fit in memory."""
+    needed = design.workspace_bytes() + per_feature
+    available = _available_memory()
+    if available is None or needed <= available:
+        return
+    b = design.cross_products.b  # the terms on the factor eliminated first
+    first, rest = design.term_names[:b], list(design.term_names[b:])
+    raise MemoryError(
+        f"fitting this model needs about {needed / 2**30:.1f} GiB per feature but "
+        f"{available / 2**30:.1f} GiB are available: after eliminating {', '.join(first)}, "
+        f"the terms {rest} and the fixed effects form a dense block of {design.rest_dim - 1} "
+        "columns; fewer levels in those terms would shrink it"
+    )
 
 
 def _joined(notes: dict[int, list[str]], m: int) -> np.ndarray:
@@ -445,8 +345,8 @@ def _joined(notes: dict[int, list[str]], m: int) -> np.ndarray:
 class Prepared:
     """A chunk's standardized responses and cross-products, with non-estimable columns dropped.
 
-    ``Ys = (y − center) / scale`` per feature (center 0 without an intercept); ``A`` is built from
-    ``Ys``; ``dropped`` fixed-effect columns are decoupled in ``A`` (zero row/column, unit
+    ``Ys = (y − center) / scale`` per feature (center 0 without an intercept); ``cross`` is built
+    from ``Ys``; ``dropped`` fixed-effect columns are decoupled in it (zero row/column, unit
     diagonal), which is exactly fitting without them; ``fits_exactly`` marks responses in the
     span of the fixed effects.
     """
@@ -457,13 +357,13 @@ class Prepared:
     center: np.ndarray
     scale: np.ndarray
     Ys: np.ndarray
-    A: np.ndarray
+    cross: Cross
     dropped: np.ndarray
     fits_exactly: np.ndarray
     p_eff: np.ndarray
 
 
-def prepare(Yt: np.ndarray, design: _Design, weights: np.ndarray | None = None) -> Prepared:
+def prepare(Yt: np.ndarray, design: Design, weights: np.ndarray | None = None) -> Prepared:
     """Standardize features × rows ``Yt`` and build their cross-products (see :class:`Prepared`).
 
     ``weights`` (features × rows, > 0 where observed) are precision weights: observation ``i``
@@ -472,7 +372,7 @@ def prepare(Yt: np.ndarray, design: _Design, weights: np.ndarray | None = None) 
     Every per-feature reduction runs along the contiguous last axis, so its summation order
     (and the result, bitwise) does not depend on how many features share a chunk.
     """
-    q, p = design.layout.q, design.layout.p
+    p = design.layout.p
     m = Yt.shape[0]
     W = np.isfinite(Yt).astype(np.float64)
     n_obs = W.sum(axis=1)
@@ -490,16 +390,19 @@ def prepare(Yt: np.ndarray, design: _Design, weights: np.ndarray | None = None) 
     Ys = np.where(W > 0, (Yt - center[:, None]) / scale[:, None], 0.0)
     if weights is not None:
         W = np.where(W > 0, weights, 0.0)
-    A = design.cross_products(Ys, W)
+    cross = design.cross_products(Ys, W)
     # Fixed effects not estimable from a feature's rows are dropped (as lme4 does).
-    aliased = aliased_mask(A[:, q:, q:])
+    rest, qr = cross.rest, design.rest_dim - p - 1
+    aliased = aliased_mask(rest[:, qr:, qr:])
     dropped = aliased[:, :p]
     f, c = np.nonzero(dropped)
-    A[f, q + c, :] = 0.0
-    A[f, :, q + c] = 0.0
-    A[f, q + c, q + c] = 1.0
+    rest[f, qr + c, :] = 0.0
+    rest[f, :, qr + c] = 0.0
+    rest[f, qr + c, qr + c] = 1.0
+    for feature, column in zip(f, c, strict=True):
+        cross.rows[feature, cross.structure.row_col == qr + column] = 0.0
     p_eff = p - dropped.sum(axis=1)
-    return Prepared(W, n_obs, spread, center, scale, Ys, A, dropped, aliased[:, p], p_eff)
+    return Prepared(W, n_obs, spread, center, scale, Ys, cross, dropped, aliased[:, p], p_eff)
 
 
 def singleton_terms(Y: np.ndarray, spec: ModelSpec, order: np.ndarray) -> np.ndarray:
@@ -545,19 +448,47 @@ def _prefer_boundary(objective, opt) -> None:
         opt.fmin[flat] = np.minimum(f_j[flat], opt.fmin[flat])
 
 
+def _levels_seen(cross: Cross, design: Design) -> np.ndarray:
+    """``(m, terms)``: how many levels of each term a feature observes (elimination order)."""
+    sizes = design.layout.sizes
+    if not sizes:
+        return np.zeros((cross.n_features, 0), dtype=int)
+    st = cross.structure
+    first = np.diagonal(cross.first, axis1=2, axis2=3) > 0  # (m, L, b)
+    seen = [first[:, :, a].sum(axis=1) for a in range(st.b)]
+    diagonal = np.diagonal(cross.rest, axis1=1, axis2=2) > 0
+    start = 0
+    for size in sizes[st.b :]:
+        seen.append(diagonal[:, start : start + size].sum(axis=1))
+        start += size
+    return np.stack(seen, axis=1)
+
+
 def _fit_chunk(
     Y: np.ndarray,
-    design: _Design,
+    design: Design,
     reml: bool,
     weights: np.ndarray | None = None,
     singletons: np.ndarray | None = None,
+    threads: int = 1,
 ) -> dict[str, np.ndarray]:
-    layout = design.layout
+    with threadpool_limits(limits=threads, user_api="blas"):
+        return _fit_features(Y, design, reml, weights, singletons)
+
+
+def _fit_features(
+    Y: np.ndarray,
+    design: Design,
+    reml: bool,
+    weights: np.ndarray | None,
+    singletons: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    layout, elim = design.layout, design.elimination
     m = Y.shape[1]
     q, p = layout.q, layout.p
     Wt = None if weights is None else np.ascontiguousarray(weights.T)
     prep = prepare(np.ascontiguousarray(Y.T), design, Wt)
-    A, n_obs, spread, scale, Ys = prep.A, prep.n_obs, prep.spread, prep.scale, prep.Ys
+    cross, n_obs, spread, scale, Ys = prep.cross, prep.n_obs, prep.spread, prep.scale, prep.Ys
     dropped, fits_exactly, p_eff = prep.dropped, prep.fits_exactly, prep.p_eff
     center = prep.center
     reason = np.full(m, "", dtype=object)
@@ -568,14 +499,7 @@ def _fit_chunk(
         )
 
     # A term seen at fewer than two levels in this feature has no estimable variance.
-    term_of = layout.term_of()
-    counts = np.diagonal(A[:, :q, :q], axis1=1, axis2=2)
-    levels_seen = (
-        np.stack([(counts[:, term_of == j] > 0).sum(axis=1) for j in range(layout.n_theta)], axis=1)
-        if layout.n_theta
-        else np.zeros((m, 0), dtype=int)
-    )
-    fixed = levels_seen < 2
+    fixed = _levels_seen(cross, design) < 2
     for f, j in zip(*np.nonzero(fixed), strict=True):
         notes.setdefault(f, []).append(
             f"{design.term_names[j]} has < 2 observed levels: variance fixed at 0"
@@ -595,7 +519,7 @@ def _fit_chunk(
     ok = reason == ""
 
     rows = np.flatnonzero(ok)
-    A_ok, n_ok, p_ok = _take(A, rows), n_obs[rows], p_eff[rows].astype(np.float64)
+    cross_ok, n_ok, p_ok = cross.take(rows), n_obs[rows], p_eff[rows].astype(np.float64)
     k = design.n_theta
     if design.correlated:  # a block's correlations go with its components' variances
         extra = np.zeros((m, k - layout.n_theta), dtype=bool)
@@ -620,39 +544,14 @@ def _fit_chunk(
     general = np.flatnonzero(~shortcut)
     if general.size:
         n_g, p_g, sub_rows = n_ok[general], p_ok[general], rows[general]
-        A_g = _take(A_ok, general)
-        if design.dense is not None:
-            dense = design.dense
-            red_d = reduce_dense(A_g, dense)
+        cross_g = cross_ok.take(general)
+        red = elim.reduce(cross_g, weighted=weights is not None)
 
-            def objective(th, sub, order):
-                return dense_criterion(
-                    th, red_d.take(sub), n_g[sub], p_g[sub], dense, reml=reml, order=order
-                )
-
-        else:
-            # Weighted counts are not the integers the count classes group by.
-            plain = layout if weights is None else Layout(layout.sizes, layout.p, 0)
-            red = reduce(A_g, plain)
-
-            def objective(th, sub, order):
-                return criterion(th, red.take(sub), n_g[sub], p_g[sub], reml=reml, order=order)
+        def objective(th, sub, order):
+            return elim.criterion(th, red.take(sub), n_g[sub], p_g[sub], reml=reml, order=order)
 
         if k:
-            lower = design.dense.lower if design.dense is not None else np.zeros(k)
-            if not design.correlated:
-                # Moment estimates (see _starts): on the benchmark designs they beat every
-                # common start in 96-100 % of features and the optima do not change without
-                # the common starts, so they are the only start.
-                moments = moment_starts(A_g, layout, n_g)[None]
-                opt = minimize(objective, moments, fixed[sub_rows], lower=lower)
-            else:
-                # Several local optima: SDs start from each of _STARTS with correlations 0, one
-                # more with negative correlations, and every start is descended (minimize_dense).
-                starts = np.where(np.isfinite(lower), np.array(_STARTS)[:, None, None], 0.0)
-                starts = np.broadcast_to(starts, (len(_STARTS), general.size, k))
-                candidates = np.stack([*starts, np.where(np.isfinite(lower), starts[1], -0.5)])
-                opt = minimize_dense(objective, candidates, fixed[sub_rows], design.dense)
+            opt = elim.minimize(objective, elim.starts(cross_g, n_g), fixed[sub_rows])
             # θ = 0 (no random effects) is a stationary point the descent may not reach from
             # inside; never return a fit worse than it.
             f0, _, _ = objective(np.zeros_like(opt.theta), np.arange(general.size), 0)
@@ -677,17 +576,8 @@ def _fit_chunk(
 
     rel_var = np.full((m, layout.n_theta), np.nan)
     rel_cov = np.full((m, len(design.covariances)), np.nan)
-    if design.dense is None:
-        est = estimates(theta[rows], A_ok, layout, n_ok, p_ok, reml)
-        rel_var[rows] = theta[rows] ** 2
-    else:
-        est = dense_estimates(theta[rows], A_ok, design.dense, n_ok, p_ok, reml)
-        # Relative (co)variances of the terms: Λ Λ' at each term's first level.
-        first = np.cumsum([0, *layout.sizes])[:-1].astype(int)
-        F = term_factor(theta[rows], design.dense, first)
-        rel_var[rows] = (F**2).sum(axis=2)
-        for i, (a, b) in enumerate(design.covariances):
-            rel_cov[rows, i] = (F[:, a, :] * F[:, b, :]).sum(axis=1)
+    est = elim.estimates(theta[rows], cross_ok, n_ok, p_ok, reml)
+    rel_var[rows], rel_cov[rows] = elim.relative_covariances(theta[rows])
     beta = np.full((m, p), np.nan)
     se = np.full((m, p), np.nan)
     blup = np.full((m, q), np.nan)
@@ -697,7 +587,7 @@ def _fit_chunk(
     converged[no_se] = False
     reason[no_se] = "standard errors not computable (numerically singular fit)"
     beta[dropped] = se[dropped] = np.nan
-    blup[counts == 0] = np.nan
+    blup[_level_counts(cross, design) == 0] = np.nan
 
     # Back to the data's scale: y = center + scale * ys.
     if design.intercept is not None:
@@ -738,3 +628,15 @@ def _fit_chunk(
         "n_iter": n_iter,
         "dropped": dropped,
     }
+
+
+def _level_counts(cross: Cross, design: Design) -> np.ndarray:
+    """``(m, q)``: every random-effect column's diagonal cross-product (0: level not observed).
+
+    In the elimination order of the BLUP columns: term 1's components, each over its levels,
+    then the other terms.
+    """
+    first = np.diagonal(cross.first, axis1=2, axis2=3)  # (m, L, b)
+    qr = design.layout.q - first.shape[1] * first.shape[2]
+    rest = np.diagonal(cross.rest, axis1=1, axis2=2)[:, :qr]
+    return np.concatenate([first.transpose(0, 2, 1).reshape(first.shape[0], -1), rest], axis=1)

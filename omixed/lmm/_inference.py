@@ -89,6 +89,7 @@ import pandas as pd
 from scipy import special
 
 from ._contrasts import contrast_vector, estimable
+from ._crossprod import Cross
 from ._dense import (
     DenseLayout,
     DenseReduced,
@@ -102,7 +103,8 @@ from ._dense import (
     dense_criterion,
     reduce_dense,
 )
-from ._fit import _check_response, _Design, _design, prepare
+from ._design import Design, plan_design
+from ._fit import _check_response, _level_counts, prepare
 from ._grouped import bucket_problems
 from ._moderation import squeeze_var
 from ._objective import Layout, reduce, solve_leading
@@ -143,9 +145,9 @@ class _System(NamedTuple):
     ell2: np.ndarray  # (m,): ∂²/∂θ₁² Σ log(1 + θ₁² c_i)
 
 
-def _system(A: np.ndarray, theta: np.ndarray, layout: Layout) -> _System:
+def _system(cross: Cross, theta: np.ndarray, layout: Layout) -> _System:
     """Eliminate term 1 from ``Ω = S A S + diag(I, 0, 0)`` at θ; solve; differentiate in θ."""
-    m = A.shape[0]
+    m = cross.n_features
     q, k = layout.q, layout.n_theta
     q1 = layout.sizes[0] if k else 0
     qr, dr = q - q1, layout.dim - q1
@@ -154,12 +156,12 @@ def _system(A: np.ndarray, theta: np.ndarray, layout: Layout) -> _System:
     s[:, :qr] = theta[:, rest]
     SS = s[:, :, None] * s[:, None, :]
 
-    red = reduce(A, Layout(layout.sizes, layout.p))  # term 1 by level: B = A_1r
+    red = reduce(cross, Layout(layout.sizes, layout.p))  # term 1 by level
     At = red.A
     At1 = At11 = None
     ell2 = np.zeros(m)
     if k:
-        A1, t1, c = red.B, theta[:, :1], red.counts
+        t1, c = theta[:, :1], red.counts
         den = 1.0 + t1**2 * c
         # s, ∂s/∂θ₁ and ∂²s/∂θ₁² of s = θ₁²/(1 + θ₁²c), weighted at once.
         s1 = [t1**2 / den, 2.0 * t1 / den**2, 2.0 * (1.0 - 3.0 * t1**2 * c) / den**3]
@@ -171,7 +173,7 @@ def _system(A: np.ndarray, theta: np.ndarray, layout: Layout) -> _System:
     w = np.concatenate([-x, np.ones((m, 1))], axis=1)
     u2 = (x[:, :qr] ** 2).sum(axis=1)
     if k:  # term 1's modes from its (diagonal) rows of the full system
-        u1 = t1 * np.einsum("mij,mj->mi", A1, s * w) / den
+        u1 = t1 * cross.times(s * w) / den
         u2 = u2 + (u1**2).sum(axis=1)
 
     # Ω̃ = S Ã(θ₁) S + I: θ₁ enters through Ã, the other θ_a through S (rows/columns E_a).
@@ -211,12 +213,12 @@ class _DenseSystem(NamedTuple):
     G: np.ndarray
 
 
-def _dense_system(A: np.ndarray, theta: np.ndarray, dense: DenseLayout) -> _DenseSystem:
+def _dense_system(cross: Cross, theta: np.ndarray, dense: DenseLayout) -> _DenseSystem:
     """:func:`_system` for correlated terms: term 1 eliminated as the fit does (:mod:`._dense`).
 
     Term 1's spherical modes follow per level, ``u_l = G_l'B_l S_r w``.
     """
-    red = reduce_dense(A, dense)
+    red = reduce_dense(cross, dense)
     st = _state(theta, red, dense)
     m = red.A.shape[0]
     qr = dense.elimination.qr
@@ -317,7 +319,7 @@ def _half_pinv(H: np.ndarray) -> np.ndarray:
 
 def _moments_chunk(
     Yt: np.ndarray,
-    design: _Design,
+    design: Design,
     theta: np.ndarray,
     L: np.ndarray,
     *,
@@ -336,13 +338,15 @@ def _moments_chunk(
     m = Yt.shape[0]
     q, p, k = layout.q, layout.p, design.n_theta
     # Random columns left in the solved system once term 1 is eliminated.
-    qr = design.dense.elimination.qr if design.correlated else q - (layout.sizes[0] if k else 0)
+    block = design.dense is not None  # the first factor's terms eliminated level by level
+    qr = design.dense.elimination.qr if block else q - (layout.sizes[0] if k else 0)
 
     # Standardize and drop non-estimable coefficients exactly as the fit does.
     prep = prepare(Yt, design)
-    A, n_obs, scale, center, dropped = prep.A, prep.n_obs, prep.scale, prep.center, prep.dropped
+    cross, n_obs, scale, center = prep.cross, prep.n_obs, prep.scale, prep.center
+    dropped = prep.dropped
     nu = n_obs - prep.p_eff
-    counts = np.diagonal(A[:, :q, :q], axis1=1, axis2=2)
+    counts = _level_counts(cross, design)
     term_of = layout.term_of()
     free = np.zeros((m, k), dtype=bool)
     for j in range(layout.n_theta):
@@ -379,10 +383,10 @@ def _moments_chunk(
     if not rows.size:
         return out
 
-    if design.correlated:
-        sys = _dense_system(A[rows], theta[rows], design.dense)
+    if block:
+        sys = _dense_system(cross.take(rows), theta[rows], design.dense)
     else:
-        sys = _system(A[rows], theta[rows], layout)
+        sys = _system(cross.take(rows), theta[rows], layout)
     nu, scale, center = nu[rows], scale[rows], center[rows]
     sigma2 = sys.r2 / nu
     e = sys.P.shape[1]
@@ -401,7 +405,7 @@ def _moments_chunk(
     # msqrob2's residual df of an LMM: conditional residual sum of squares / σ̂².
     out["df_effective"][rows] = nu * (sys.r2 - sys.u2) / sys.r2
     if satterthwaite:
-        if design.correlated:
+        if block:
             H_theta, r2_grad = _dense_curvature(sys, nu, design.dense)
             v_pad = np.concatenate([v, np.zeros((v.shape[0], 1))], axis=1)  # (v, 0)
             dvar = _dense_forms(sys, design.dense, v_pad)
@@ -474,10 +478,10 @@ def _moments_table(
     return table
 
 
-def _chunk_size(design: _Design) -> int:
+def _chunk_size(design: Design) -> int:
     d = design.layout.dim
     k = design.n_theta
-    if design.correlated:  # Ω̃ plus term 1's per-level pieces (B_l'[Q_l G_l], b × b blocks)
+    if design.dense is not None:  # Ω̃ plus term 1's per-level pieces (B_l'[Q_l G_l], b × b blocks)
         n_levels, b = design.dense.levels.shape
         dr = d - n_levels * b
         per_level = n_levels * (2 * b * dr + 12 * b**2) + b**4
@@ -508,7 +512,7 @@ def _moment_arrays(
     if Y.shape[1] != result.n_features:
         raise ValueError(f"Y has {Y.shape[1]} features, the fit {result.n_features}")
     weights, _ = contrast_vector(L, spec.fixed_names)
-    design = _design(spec)
+    design = plan_design(spec)
     values = result.theta.to_numpy(dtype=np.float64)  # NaN for features that did not converge
     n_terms = len(spec.term_names)
     theta_elim = np.concatenate([values[:, design.order], values[:, n_terms:]], axis=1)

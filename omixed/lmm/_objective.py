@@ -27,7 +27,11 @@ closed form: what remains is the same problem without term 1 and with ``A`` repl
 ``Ã(θ₁) = A_rr − Σ_i s_i a_i a_i'``, ``s_i = θ₁²/(1 + θ₁² c_i)``, ``a_i = A_r,i``.  Levels with
 equal counts share ``s_i``, so :func:`reduce` sums their outer products once per feature into
 ``G_k`` (one per count class ``k``) and every evaluation only forms ``Ã = A_rr − Σ_k s_k G_k``
-and factors the small ``Ω̃ = S_r Ã S_r + diag(I, 0, 0)`` (``dr = q − q₁ + p + 1`` square).
+and factors the ``Ω̃ = S_r Ã S_r + diag(I, 0, 0)`` (``dr = q − q₁ + p + 1`` square).  Where
+classes do not pay (or counts are weighted), the sum runs over the levels, densely for small
+designs or over the few places each ``a_i`` has (:class:`~._crossprod.Triples`).  ``Ω̃`` is held
+densely: the remaining terms are crossed through term 1's levels (batches share donors), which
+fills it in.
 
 Derivatives.  The criterion is ``ℓ(θ₁) + log|Ω̃_[k]| + w log r²`` with
 ``ℓ = Σ_k n_k log(1 + θ₁² c_k)`` (``n_k`` levels in class k), ``k = dr, w = ν − 1`` for
@@ -50,16 +54,17 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from ._crossprod import Cross, CrossProducts
 
 __all__ = [
     "Layout",
     "Reduced",
     "criterion",
     "estimates",
-    "evaluate",
     "reduce",
     "solve_leading",
     "solve_reduced",
@@ -71,6 +76,8 @@ _LOG2PI = np.log(2.0 * np.pi)
 _BLOCK_BYTES = 2**20
 _KEEP_ITEMS = 2**20  # _Workspace holds buffers up to this many float64 items (8 MiB)
 _TRIANGLE_LEAF = 6  # rows below which triangular_inverse substitutes row by row
+# Relative SDs of the remaining terms above which the REML Hessian takes C and H from K alone.
+_DIRECT_ABOVE = 1e-3
 
 
 class _Workspace(threading.local):
@@ -113,12 +120,16 @@ class Layout:
     first); ``p`` is the number of fixed effects; the response is the last row/column.
     ``count_classes`` > 0 groups the first term's levels by their observed count ``1 ..
     count_classes`` (the largest number of rows of one level); 0 keeps one class per level.
-    It is a property of the design, so every feature is reduced the same way in any chunk.
+    ``dense_rows`` holds term 1's rows against the rest densely (a batched matrix product per
+    evaluation) instead of as pairs of places (:class:`~._crossprod.Triples`), which pays only
+    when ``q₁ · dr`` is small.  Both are properties of the design, so every feature is reduced
+    the same way in any chunk.
     """
 
     sizes: tuple[int, ...]
     p: int
     count_classes: int = 0
+    dense_rows: bool = False  # term 1's rows held densely, (m, q₁, dr): for small designs
 
     @property
     def q(self) -> int:
@@ -141,18 +152,22 @@ class Layout:
 class Reduced:
     """The θ-independent pieces of the criterion after eliminating term 1 (see module docs).
 
-    ``A`` is ``A_rr`` (``(m, dr, dr)``).  The eliminated columns come in one of two forms:
-    count classes, ``G`` the class sums of outer products ``(m, K, dr²)``, or levels, ``B =
-    A_1r`` ``(m, q₁, dr)``; ``counts`` and ``mult`` are the count ``c_k`` and number of levels
-    ``n_k`` of each class (or each level's count and whether it is observed).
+    ``A`` is ``A_rr`` (``(m, dr, dr)``).  The eliminated columns come in one of three forms:
+    count classes, ``G`` the class sums of outer products ``(m, K, dr²)``; or levels, either
+    ``B = A_1r`` dense ``(m, q₁, dr)`` or ``rows``, its values at the places some data row
+    reaches ``(m, places)``, with the ``structure`` that says where they are.  ``counts`` and
+    ``mult`` are the count ``c_k`` and number of levels ``n_k`` of each class (or each level's
+    count and whether it is observed).
     """
 
     A: np.ndarray
     G: np.ndarray | None
     B: np.ndarray | None
+    rows: np.ndarray | None
     counts: np.ndarray
     mult: np.ndarray
     layout: Layout
+    structure: CrossProducts | None = None  # with rows: where its places are
 
     def take(self, rows: np.ndarray | slice) -> Reduced:
         """The features ``rows``: indices, or a slice (views, no copies)."""
@@ -161,63 +176,110 @@ class Reduced:
             return self
         G = None if self.G is None else self.G[rows]
         B = None if self.B is None else self.B[rows]
-        return Reduced(self.A[rows], G, B, self.counts[rows], self.mult[rows], self.layout)
+        places = None if self.rows is None else self.rows[rows]
+        return Reduced(
+            self.A[rows],
+            G,
+            B,
+            places,
+            self.counts[rows],
+            self.mult[rows],
+            self.layout,
+            self.structure,
+        )
 
     def weighted(self, s: np.ndarray, scratch: Scratch = _fresh) -> np.ndarray:
         """``Σ_i s_i a_i a_i'`` over the eliminated columns, for several weightings at once.
 
         ``s`` is ``(m, j, K)``: ``j`` weightings per class (or per level); returns
-        ``(m, j, dr, dr)`` from one stacked product, in ``scratch`` buffers if given.
+        ``(m, j, dr, dr)``, in ``scratch`` buffers if given.
         """
         m, dr = self.A.shape[:2]
         j = s.shape[1]
+        out = scratch("W", (m, j, dr * dr))
         if self.G is not None:
-            return np.matmul(s, self.G, out=scratch("W", (m, j, dr * dr))).reshape(m, j, dr, dr)
-        q1 = self.B.shape[1]
-        # Written in C order so the reshape below is a view: numpy would otherwise lay the
-        # product out like the transposed B and the reshape would copy it.
-        rows = scratch("rows", (m, j, dr, q1))
-        np.multiply(self.B.transpose(0, 2, 1)[:, None], s[:, :, None, :], out=rows)
-        W = np.matmul(rows.reshape(m, j * dr, q1), self.B, out=scratch("W", (m, j * dr, dr)))
-        return W.reshape(m, j, dr, dr)
+            return np.matmul(s, self.G, out=out).reshape(m, j, dr, dr)
+        if self.B is not None:
+            q1 = self.B.shape[1]
+            # Written in C order so the reshape below is a view: numpy would otherwise lay the
+            # product out like the transposed B and the reshape would copy it.
+            rows = scratch("rows", (m, j, dr, q1))
+            np.multiply(self.B.transpose(0, 2, 1)[:, None], s[:, :, None, :], out=rows)
+            out = out.reshape(m, j * dr, dr)
+            return np.matmul(rows.reshape(m, j * dr, q1), self.B, out=out).reshape(m, j, dr, dr)
+        from ._kernels import level_sums  # numba, loaded at the first fit only
+
+        st = self.structure
+        tri = st.triples
+        weights = np.ascontiguousarray(s, dtype=np.float64)
+        level_sums(self.rows, weights, st.row_level, st.row_col, tri.e1, tri.e2, out)
+        return out.reshape(m, j, dr, dr)
 
     def eliminated(self, s: np.ndarray) -> np.ndarray:
         """``A_rr − Σ_i s_i a_i a_i'``: the rest of ``A`` after eliminating term 1 with ``s``."""
         return self.A - self.weighted(s[:, None, :])[:, 0]
 
 
-def reduce(A: np.ndarray, layout: Layout) -> Reduced:
-    """Split ``A`` into ``A_rr`` and the first term's columns, by count class or by level.
+def reduce(cross: Cross, layout: Layout) -> Reduced:
+    """Term 1's counts and its rows (or their products), by count class or by level.
 
-    Count classes pay when they are few: their outer-product sums take ``K·dr²`` numbers per
-    feature against ``q₁·dr`` for the columns themselves (:func:`use_count_classes`).
+    Count classes pay when they are few: their sums take ``K·dr²`` numbers per feature against
+    a few per level for the levels themselves (:func:`use_count_classes`).
     """
-    m = A.shape[0]
-    q1 = layout.sizes[0] if layout.sizes else 0
-    A_r1 = A[:, q1:, :q1]
-    counts = np.diagonal(A[:, :q1, :q1], axis1=1, axis2=2)
-    A_rr = np.ascontiguousarray(A[:, q1:, q1:])
+    m = cross.n_features
+    if not layout.sizes:
+        empty = np.zeros((m, 0))
+        return Reduced(cross.rest, None, None, np.zeros((m, 0)), empty, empty, layout)
+    counts = cross.first[:, :, 0, 0]
+    q1, dr = layout.sizes[0], cross.rest.shape[1]
+    st = cross.structure
+    B = None
+    if layout.dense_rows:
+        B = np.zeros((m, q1, dr))
+        B[:, st.row_level, st.row_col] = cross.rows
     if not layout.count_classes:
-        B = np.ascontiguousarray(A_r1.transpose(0, 2, 1))
-        return Reduced(A_rr, None, B, counts.copy(), (counts > 0).astype(np.float64), layout)
-    dr = layout.dim - q1
-    values = np.arange(1.0, layout.count_classes + 1.0)
-    member = (counts[:, :, None] == values).astype(np.float64)  # (m, q1, K)
-    class_counts = np.broadcast_to(values, (m, values.size)).copy()
-    # Class sums of the outer products a_i a_i', a block of features at a time so the
-    # (features, q₁, dr²) temporary stays small (see _BLOCK_BYTES).
-    G = np.empty((m, values.size, dr * dr))
-    cols = A_r1.transpose(0, 2, 1)
-    step = max(1, _BLOCK_BYTES // (8 * q1 * dr * dr))
-    for a in range(0, m, step):
-        outer = cols[a : a + step, :, :, None] * cols[a : a + step, :, None, :]
-        outer = outer.reshape(-1, q1, dr * dr)
-        np.matmul(member[a : a + step].transpose(0, 2, 1), outer, out=G[a : a + step])
-    return Reduced(A_rr, G, None, class_counts, member.sum(axis=1), layout)
+        observed = (counts > 0).astype(np.float64)
+        places, structure = (None, None) if B is not None else (cross.rows, st)
+        return Reduced(cross.rest, None, B, places, counts.copy(), observed, layout, structure)
+    n_classes = layout.count_classes
+    values = np.arange(1.0, n_classes + 1.0)
+    member = np.clip(np.rint(counts).astype(np.int64) - 1, 0, n_classes - 1)  # (m, q1)
+    mult = (counts[:, :, None] == values).sum(axis=1).astype(np.float64)
+    G = np.empty((m, n_classes, dr * dr))
+    if B is not None:
+        # Class sums of the outer products a_i a_i', a block of features at a time so the
+        # (features, q₁, dr²) temporary stays small (see _BLOCK_BYTES).
+        onehot = (member[:, :, None] == np.arange(n_classes)).astype(np.float64)
+        step = max(1, _BLOCK_BYTES // (8 * q1 * dr * dr))
+        for a in range(0, m, step):
+            prod = B[a : a + step, :, :, None] * B[a : a + step, :, None, :]
+            prod = prod.reshape(-1, q1, dr * dr)
+            np.matmul(onehot[a : a + step].transpose(0, 2, 1), prod, out=G[a : a + step])
+    else:
+        from ._kernels import class_sums
+
+        tri = st.triples
+        class_sums(cross.rows, member, st.row_level, st.row_col, tri.e1, tri.e2, G)
+    class_counts = np.broadcast_to(values, (m, n_classes)).copy()
+    return Reduced(cross.rest, G, None, None, class_counts, mult, layout)
+
+
+def use_dense_rows(n_levels: int, dr: int, n_scatter: int) -> bool:
+    """Whether term 1's rows held densely cost no more per evaluation than their triples.
+
+    A dense product costs ``q₁ · dr²`` multiply-adds at matrix-product speed, about ten times
+    the speed of the sparse operations on the ``n_scatter`` places of the triples (see
+    :class:`~._crossprod.Triples`).
+    """
+    return n_levels * dr * dr <= 8 * n_scatter
 
 
 def use_count_classes(n_classes: int, n_levels: int, dr: int) -> bool:
-    """Whether ``n_classes`` count classes store less than the ``n_levels`` columns (see reduce)."""
+    """Whether ``n_classes`` count classes store less than the ``n_levels`` rows do.
+
+    Their sums take ``K·dr²`` numbers per feature against ``q₁·dr`` for the rows themselves;
+    a class then costs one ``dr²`` product per evaluation, no more than its levels' rows.
+    """
     return 0 < n_classes < n_levels and n_classes * dr <= 2 * n_levels
 
 
@@ -353,7 +415,7 @@ def criterion(
     and the Hessian (``None`` when not asked for; NaN where the criterion is ``inf``).
     """
     m, dr, _ = red.A.shape
-    block = max(8, _BLOCK_BYTES // (8 * dr * dr))
+    block = max(1, _BLOCK_BYTES // (8 * dr * dr))
     if m <= block:
         return _criterion(theta, red, n_obs, p_eff, reml, order)
     parts = [
@@ -395,94 +457,105 @@ def _criterion(
         # s = θ₁²/(1 + θ₁²c) and, as the order asks, ∂s/∂θ₁ and ∂²s/∂θ₁², weighted at once.
         s = [t1**2 / den, 2.0 * t1 / den**2, 2.0 * (1.0 - 3.0 * sq) / den**3][: order + 1]
         W = red.weighted(np.stack(s, axis=1), _scratch)
-        A_t = np.subtract(red.A, W[:, 0], out=_scratch("A_t", square))
+        A_t = np.subtract(red.A, W[:, 0], out=W[:, 0])  # W₀ is not needed again
         ell = (red.mult * np.log(den)).sum(axis=1)
     else:
         A_t, ell = red.A, np.zeros(m)
 
-    B = np.multiply(A_t, scale[:, None, :], out=_scratch("B", square))  # Ã S
-    Om = np.multiply(B, scale[:, :, None], out=_scratch("Om", square))
+    Om = np.multiply(A_t, scale[:, None, :], out=_scratch("Om", square))
+    Om *= scale[:, :, None]  # S Ã S
     crit, L, r2, bad = factor_criterion(Om, qr, ell, n_obs, p_eff, reml)
     nu = n_obs - p_eff
     if order == 0:
         return crit, None, None
 
     K, Kk = factor_inverses(L, bad, qr, reml, _scratch)
+    del L  # a large single fit holds a few dense (dr, dr) arrays at most
     v = K[:, :, -1]
     r2 = np.where(bad, 1.0, r2)
     w = (nu - 1.0) if reml else n_obs.astype(np.float64)
 
-    # Every D_a of a remaining term a is E_a B + B'E_a (E_a: diagonal 0/1 of a's columns), so
-    # its traces against Kk reduce to block sums Σ_{i∈a, j∈b} X_ij = (E X E')_ab of a few
-    # products (C = B Kk, H = C B') instead of one dense product per term and pair.
-    # Sums run per feature along contiguous axes (never a GEMM across features, whose blocking
-    # would make the result depend on how many features share a chunk).
+    # Every D_a of a remaining term a is E_a B + B'E_a (B = Ã S, E_a: diagonal 0/1 of a's
+    # columns), so its traces against Kk reduce to block sums Σ_{i∈a, j∈b} X_ij = (E X E')_ab
+    # of a few products (C = B Kk, H = C B') instead of one dense product per term and pair.
+    # Term 1's D_0 = −S W₁ S enters through the row sums of W₁ ∘ (Kk S) and one product
+    # Q = W₁ (S Kk).  Sums run per feature along contiguous axes (never a GEMM across
+    # features, whose blocking would make the result depend on how many features share a
+    # chunk).
     E = np.zeros((k, dr))
     E[:, :qr] = rest_terms == np.arange(k)[:, None]
     starts = np.searchsorted(rest_terms, np.arange(1, k))
 
     def sums(x: np.ndarray) -> np.ndarray:
-        """``x E'``: ``(m, dr)`` → per-term sums ``(m, k)`` (0 for term 1)."""
+        """``x E'``: ``(m, ≥qr)`` → per-term sums ``(m, k)`` (0 for term 1)."""
         out = np.zeros((m, k))
         if k > 1:
             out[:, 1:] = np.add.reduceat(x[:, :qr], starts, axis=1)
         return out
 
     def blocks(X: np.ndarray) -> np.ndarray:
-        """``E X E'``: ``(m, dr, dr)`` → per-pair block sums ``(m, k, k)``."""
+        """``E X E'``: ``(m, ≥qr, ≥qr)`` → per-pair block sums ``(m, k, k)``."""
         out = np.zeros((m, k, k))
         if k > 1:
             rows = np.add.reduceat(X[:, :qr, :qr], starts, axis=1)
             out[:, 1:, 1:] = np.add.reduceat(rows, starts, axis=2)
         return out
 
-    C = np.matmul(B, Kk, out=_scratch("C", square))
-    Bv = np.einsum("mij,mj->mi", B, v)
-    tr_D = 2.0 * sums(np.diagonal(C, axis1=1, axis2=2))  # tr(Kk D_a)
+    if order == 1:  # only the diagonal of C = B Kk
+        C = None
+        diag_C = np.einsum("mij,mji->mi", A_t[:, :qr], Kk[:, :, :qr] * scale[:, :, None])
+    else:
+        C = _rest_rows(A_t, Kk, scale, qr, reml, bad)
+        diag_C = np.diagonal(C, axis1=1, axis2=2)
+    Sv = scale * v
+    Ev = E[:, None, :] * v[None]  # (k, m, dr): E_a v
+    AEv = np.matmul(A_t, Ev.transpose(1, 2, 0))  # (m, dr, k): Ã E_a v
+    Bv = np.einsum("mij,mj->mi", A_t, Sv)  # B v = Ã S v
+    tr_D = 2.0 * sums(diag_C)  # tr(Kk D_a)
     vDv = 2.0 * sums(v * Bv)  # v'D_a v
-    # D_a v = E_a B v + B'E_a v, stacked over terms.
-    Dv = E[:, None, :] * Bv[None] + np.einsum("mji,amj->ami", B, E[:, None, :] * v[None])
+    # D_a v = E_a B v + B'E_a v = E_a Ã S v + S Ã E_a v, stacked over terms.
+    Dv = E[:, None, :] * Bv[None] + scale[None] * AEv.transpose(2, 0, 1)
     d_ell = np.zeros((m, k))
     if k:
         # Term 1 (eliminated): D_0 = −S W₁ S with W₁ = Σ s'_i a_i a_i'.
-        G1 = np.multiply(W[:, 1], scale[:, None, :], out=_scratch("G1", square))  # W₁ S
-        F = np.negative(G1, out=_scratch("F", square))
-        F *= scale[:, :, None]
-        Fv = np.einsum("mij,mj->mi", F, v)
-        tr_D[:, 0] = np.einsum("mij,mij->m", Kk, F)
-        vDv[:, 0] = np.einsum("mi,mi->m", Fv, v)
-        Dv[0] = Fv
+        KS = np.multiply(Kk, scale[:, None, :], out=_scratch("KS", square))  # Kk S
+        rowsum1 = np.einsum("mij,mij->mi", W[:, 1], KS)  # rows of W₁ ∘ (Kk S)
+        W1Sv = np.einsum("mij,mj->mi", W[:, 1], Sv)
+        tr_D[:, 0] = -np.einsum("mi,mi->m", scale, rowsum1)
+        vDv[:, 0] = -np.einsum("mi,mi->m", Sv, W1Sv)
+        Dv[0] = -scale * W1Sv
         d_ell[:, 0] = (red.mult * 2.0 * t1 * c / den).sum(axis=1)
     grad = d_ell + tr_D + (w * r2)[:, None] * vDv
     grad[bad] = np.nan
     if order == 1:
         return crit, grad, None
 
-    H = np.matmul(C, B.transpose(0, 2, 1), out=_scratch("H", square))  # B Kk B'
-    tmp = _scratch("product", square)
+    H = _rest_block(C, A_t, Kk, Om, scale, qr, reml, bad)  # B Kk B' on the rest terms
+    rr = (m, qr, qr)
     # tr(Kk D_a Kk D_b), then tr(Kk D_ab) with D_ab = E_a Ã E_b + E_b Ã E_a.
-    tr_DD = 2.0 * blocks(np.multiply(C, C.transpose(0, 2, 1), out=tmp))
-    tr_DD += 2.0 * blocks(np.multiply(Kk, H, out=tmp))
-    tr_D2 = 2.0 * blocks(np.multiply(Kk, A_t, out=tmp))
-    Ev = E * v[:, None, :]
-    vD2v = 2.0 * Ev @ A_t @ Ev.transpose(0, 2, 1)  # v'D_ab v
+    C_rr = C[:, :, :qr]
+    tr_DD = 2.0 * blocks(np.multiply(C_rr, C_rr.transpose(0, 2, 1), out=_scratch("CC", rr)))
+    tr_DD += 2.0 * blocks(np.multiply(Kk[:, :qr, :qr], H, out=_scratch("KH", rr)))
+    del H  # a large single fit holds few (dr, dr) arrays at once
+    tr_D2 = 2.0 * blocks(np.multiply(Kk[:, :qr, :qr], A_t[:, :qr, :qr], out=_scratch("KA", rr)))
+    vD2v = 2.0 * np.einsum("ami,mib->mab", Ev, AEv)  # v'D_ab v
     extra = np.zeros((m, k, k))
     if k:
-        # Pairs with term 1: D_00 = −S W₂ S, D_0b = −(E_b G₁ + G₁'E_b).
-        F2 = np.negative(W[:, 2], out=_scratch("F2", square))
-        F2 *= scale[:, None, :]
-        F2 *= scale[:, :, None]
-        FK = np.matmul(F, Kk, out=_scratch("FK", square))
-        tr_DD[:, 0, :] = tr_DD[:, :, 0] = 2.0 * sums(np.einsum("mij,mji->mi", C, FK))
-        tr_DD[:, 0, 0] = np.einsum("mij,mji->m", FK, FK)
-        tr_D2[:, 0, :] = tr_D2[:, :, 0] = -2.0 * sums(np.multiply(G1, Kk, out=tmp).sum(axis=2))
-        tr_D2[:, 0, 0] = np.einsum("mij,mij->m", Kk, F2)
-        G1v = np.einsum("mij,mj->mi", G1, v)
-        vD2v[:, 0, :] = vD2v[:, :, 0] = -2.0 * sums(v * G1v)
-        vD2v[:, 0, 0] = np.einsum("mi,mij,mj->m", v, F2, v)
+        # Pairs with term 1: D_00 = −S W₂ S, D_0b = −(E_b W₁S + S W₁E_b); Kk D_0 = −Kk S Q'...
+        # with Q = W₁ (S Kk), so that D_0 Kk = −S Q.
+        Q = np.matmul(W[:, 1], KS.transpose(0, 2, 1), out=_scratch("Q", square))
+        CsQ = np.einsum("mij,mj,mji->mi", C, scale, Q[:, :, :qr])
+        SQ = np.multiply(Q, scale[:, :, None], out=Q)
+        tr_DD[:, 0, :] = tr_DD[:, :, 0] = -2.0 * sums(CsQ)
+        tr_DD[:, 0, 0] = np.einsum("mij,mji->m", SQ, SQ)
+        tr_D2[:, 0, :] = tr_D2[:, :, 0] = -2.0 * sums(rowsum1)
+        rowsum2 = np.einsum("mij,mij->mi", W[:, 2], KS)
+        tr_D2[:, 0, 0] = -np.einsum("mi,mi->m", scale, rowsum2)
+        vD2v[:, 0, :] = vD2v[:, :, 0] = -2.0 * sums(v * W1Sv)
+        vD2v[:, 0, 0] = -np.einsum("mi,mij,mj->m", Sv, W[:, 2], Sv)
         extra[:, 0, 0] = (red.mult * 2.0 * c * (1.0 - sq) / den**2).sum(axis=1)
-    KDv = np.einsum("mij,amj->ami", K, Dv)
-    cross = np.einsum("ami,bmi->mab", Dv, KDv)  # (D_a v)'K(D_b v)
+    KDv = np.matmul(K, Dv.transpose(1, 2, 0))  # (m, dr, k)
+    cross = np.einsum("ami,mib->mab", Dv, KDv)  # (D_a v)'K(D_b v)
     wr2 = (w * r2)[:, None, None]
     hess = (
         extra
@@ -495,26 +568,68 @@ def _criterion(
     return crit, grad, hess
 
 
-def evaluate(
-    theta: np.ndarray,
-    A: np.ndarray,
-    layout: Layout,
-    n_obs: np.ndarray,
-    p_eff: np.ndarray,
-    *,
-    reml: bool = True,
-    gradient: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Criterion (and gradient) from the full cross-products ``A``: reduce, then evaluate."""
-    crit, grad, _ = criterion(
-        theta, reduce(A, layout), n_obs, p_eff, reml=reml, order=1 if gradient else 0
-    )
-    return crit, grad
+def _direct(scale: np.ndarray, qr: int, reml: bool, bad: np.ndarray) -> np.ndarray:
+    """Features whose ``C`` and ``H`` follow from ``K`` alone (see :func:`_rest_rows`)."""
+    if not reml:
+        return np.zeros(scale.shape[0], dtype=bool)
+    return ~bad & np.all(scale[:, :qr] > _DIRECT_ABOVE, axis=1)
+
+
+def _rest_rows(
+    A_t: np.ndarray,
+    Kk: np.ndarray,
+    scale: np.ndarray,
+    qr: int,
+    reml: bool,
+    bad: np.ndarray,
+) -> np.ndarray:
+    """``C = B Kk`` (``B = Ã S``) on the rows of the remaining terms, ``(m, qr, dr)``.
+
+    For REML ``Kk = K = Ω̃⁻¹`` and ``S B = S Ã S = Ω̃ − J`` (``J`` the identity on those rows),
+    so ``C = S⁻¹(I − J K)`` without a product, where every θ of the rest is clear of 0 (the
+    division loses ``ε/θ²`` relative); the other features take the product.
+    """
+    m, dr = A_t.shape[:2]
+    direct = _direct(scale, qr, reml, bad)
+    C = np.negative(Kk[:, :qr, :], out=_scratch("C", (m, qr, dr)))
+    C[:, np.arange(qr), np.arange(qr)] += 1.0
+    C /= np.where(direct[:, None], scale[:, :qr], 1.0)[:, :, None]
+    rest = np.flatnonzero(~direct)
+    if rest.size:
+        C[rest] = (A_t[rest, :qr] * scale[rest, None, :]) @ Kk[rest]
+    return C
+
+
+def _rest_block(
+    C: np.ndarray,
+    A_t: np.ndarray,
+    Kk: np.ndarray,
+    Om: np.ndarray,
+    scale: np.ndarray,
+    qr: int,
+    reml: bool,
+    bad: np.ndarray,
+) -> np.ndarray:
+    """``H = C B' = B Kk B'`` on the remaining terms, ``(m, qr, qr)``.
+
+    For REML ``S H S = (Ω̃ − J) K (Ω̃ − J) = Ω̃ − 2J + JKJ`` (see :func:`_rest_rows`).
+    """
+    m = A_t.shape[0]
+    direct = _direct(scale, qr, reml, bad)
+    s = np.where(direct[:, None], scale[:, :qr], 1.0)
+    H = np.add(Om[:, :qr, :qr], Kk[:, :qr, :qr], out=_scratch("H", (m, qr, qr)))
+    H[:, np.arange(qr), np.arange(qr)] -= 2.0
+    H /= s[:, :, None] * s[:, None, :]
+    rest = np.flatnonzero(~direct)
+    if rest.size:
+        B_rest = A_t[rest, :qr] * scale[rest, None, :]
+        H[rest] = C[rest] @ B_rest.transpose(0, 2, 1)
+    return H
 
 
 def estimates(
     theta: np.ndarray,
-    A: np.ndarray,
+    cross: Cross,
     layout: Layout,
     n_obs: np.ndarray,
     p_eff: np.ndarray,
@@ -527,18 +642,16 @@ def estimates(
     inverse is ``Cov(β̂)/σ̂²``, and term 1's modes follow by back-substitution,
     ``ũ₁ = θ₁ (A_1y − A_1r S_r x) / D₁``.
     """
-    m = A.shape[0]
+    m = cross.n_features
     k = layout.n_theta
     q1 = layout.sizes[0] if k else 0
     qr = layout.q - q1
     scale = np.ones((m, layout.dim - q1))
     scale[:, :qr] = theta[:, layout.term_of()[q1:]]
-    red = reduce(A, Layout(layout.sizes, layout.p))  # by level: B = A_1r, the response last
-    B = red.B
+    red = reduce(cross, replace(layout, count_classes=0))  # by level: weights need no classes
     if k:
         t1 = theta[:, :1]
-        den = 1.0 + t1**2 * red.counts
-        A_t = red.eliminated(t1**2 / den)
+        A_t = red.eliminated(t1**2 / (1.0 + t1**2 * red.counts))
     else:
         A_t = red.A
     Om = A_t * scale[:, None, :] * scale[:, :, None]
@@ -547,7 +660,8 @@ def estimates(
     blup = np.empty((m, layout.q))
     blup[:, q1:] = x[:, :qr]
     if k:
-        u1 = t1 * (B[:, :, -1] - np.einsum("mij,mj->mi", B[:, :, :-1], x)) / den
+        den = 1.0 + t1**2 * cross.first[:, :, 0, 0]
+        u1 = t1 * cross.times(np.concatenate([-x, np.ones((m, 1))], axis=1)) / den
         blup[:, :q1] = t1 * u1
     return sol[:, qr:], se, blup, sigma2
 
@@ -575,7 +689,14 @@ def solve_leading(Om: np.ndarray, qr: int) -> tuple[np.ndarray, np.ndarray, np.n
     """
     idx = np.arange(qr)
     Om[:, idx, idx] += 1.0
-    inv = np.linalg.inv(Om[:, :-1, :-1])
+    # From the Cholesky factor of the leading block (a batched triangular inverse is a few
+    # times faster than LU's inverse); what fails to factor (θ → ∞, numerically singular) is
+    # inverted by LU.
+    L, ok = _batched_cholesky(Om[:, :-1, :-1])
+    Linv = triangular_inverse(np.where(ok[:, None, None], L, np.eye(L.shape[1])))
+    inv = np.matmul(Linv.transpose(0, 2, 1), Linv)
+    if not ok.all():
+        inv[~ok] = np.linalg.inv(Om[~ok, :-1, :-1])
     sol = np.einsum("mij,mj->mi", inv, Om[:, :-1, -1])
     r2 = Om[:, -1, -1] - np.einsum("mi,mi->m", Om[:, -1, :-1], sol)
     return inv, sol, r2

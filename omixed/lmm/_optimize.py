@@ -26,7 +26,7 @@ _LADDERS = tuple(0.5 ** np.arange(1 + 13 * i, 14 + 13 * i) for i in range(3))
 _AT_ZERO = 1e-8
 _ESCAPE_BELOW = 1e-2
 # A Newton step this short (relative to 1 + |θ|) is taken as the last one (see minimize).
-_LAST_STEP = 1e-5
+_LAST_STEP = 1e-4
 
 Objective = Callable[
     [np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray | None, np.ndarray | None]

@@ -39,15 +39,25 @@ class Spectral:
     p: int
 
     @classmethod
-    def from_design(cls, X: np.ndarray, Z: np.ndarray) -> Spectral:
+    def from_term(cls, X: np.ndarray, codes: np.ndarray, values: np.ndarray) -> Spectral:
+        """From ``X`` and the term's level ``codes`` and row ``values`` (1, or a slope).
+
+        ``Q₂'ZZ'Q₂`` has the non-zero eigenvalues of the ``q × q`` matrix ``Z'Z − (Z'Q₁)(Z'Q₁)'``
+        (``Q₁`` an orthonormal basis of ``col(X)``), whose eigenvectors ``V`` give ``Q₂U =
+        (I − Q₁Q₁')ZV s^(−1/2)``: no ``n × n`` basis and no dense ``Z``.
+        """
         n, p = X.shape
-        Q, R = np.linalg.qr(X, mode="complete")
-        U, sv, _ = np.linalg.svd(Q[:, p:].T @ Z, full_matrices=False)
-        s = sv**2
+        q = int(codes.max(initial=-1)) + 1
+        Q1, R = np.linalg.qr(X)
+        ZtQ1 = np.zeros((q, p))
+        np.add.at(ZtQ1, codes, values[:, None] * Q1)
+        counts = np.bincount(codes, weights=values * values, minlength=q)  # diag of Z'Z
+        s, V = np.linalg.eigh(np.diag(counts) - ZtQ1 @ ZtQ1.T)
         keep = s > 1e-12 * max(s.max(initial=0.0), 1.0)
-        logdet = 2.0 * float(np.log(np.abs(np.diag(R[:p]))).sum())
-        counts = (Z * Z).sum(axis=0)  # diagonal of Z'Z: level sizes, or Σx² for a slope
-        return cls(Q[:, p:] @ U[:, keep], Q[:, :p], s[keep], counts, logdet, n, p)
+        ZV = values[:, None] * V[codes][:, keep]
+        P = (ZV - Q1 @ (ZtQ1.T @ V[:, keep])) / np.sqrt(s[keep])
+        logdet = 2.0 * float(np.log(np.abs(np.diag(R))).sum())
+        return cls(P, Q1, s[keep], counts, logdet, n, p)
 
 
 def _objective(lam, w2, rest, sp: Spectral, reml: bool, derivatives: bool = True):

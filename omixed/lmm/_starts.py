@@ -25,8 +25,12 @@ The start is ``θ_g = σ̂_g / σ̂``.  Everything is per feature from ``A`` (no
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
 
+import numpy as np
+from scipy import sparse
+
+from ._crossprod import Cross
 from ._objective import Layout, _batched_cholesky, reduce
 
 __all__ = ["moment_starts"]
@@ -34,37 +38,50 @@ __all__ = ["moment_starts"]
 _FULL_LIMIT = 96  # largest system (after the first term) factored for the residual variance
 
 
-def moment_starts(A: np.ndarray, layout: Layout, n_obs: np.ndarray) -> np.ndarray:
-    """``(m, n_theta)`` moment-based starting values (elimination order) from ``A``.
+def moment_starts(cross: Cross, layout: Layout, n_obs: np.ndarray) -> np.ndarray:
+    """``(m, n_theta)`` moment-based starting values (elimination order) from ``cross``.
 
-    ``A`` holds the augmented cross-products ``[Z X y]'W[Z X y]`` laid out as ``layout`` says,
-    ``n_obs`` the observations per feature.  Features whose moments are not defined (e.g. no
-    degrees of freedom within levels) start at 1.
+    ``cross`` holds the cross-products ``[Z X y]'W[Z X y]`` (see :mod:`._crossprod`) laid out
+    as ``layout`` says: its first ``b`` terms are the components on the first factor (``b =
+    1`` for a scalar term).  ``n_obs`` are the observations per feature.  Features whose
+    moments are not defined (e.g. no degrees of freedom within levels) start at 1.
     """
-    m, k, q, p = A.shape[0], layout.n_theta, layout.q, layout.p
-    fixed = slice(q, q + p)
+    m, k, p = cross.n_features, layout.n_theta, layout.p
+    b = cross.structure.b
+    rest = cross.rest
+    qr = rest.shape[1] - p - 1
+    fixed = slice(qr, qr + p)
     # OLS β̂ from X'WX; a tiny ridge keeps dropped (zeroed, unit-diagonal) columns harmless.
-    beta = np.linalg.solve(A[:, fixed, fixed] + 1e-12 * np.eye(p), A[:, fixed, -1:])[..., 0]
-    rss = A[:, -1, -1] - np.einsum("mi,mi->m", A[:, fixed, -1], beta)
-    counts = np.diagonal(A[:, :q, :q], axis1=1, axis2=2)
+    beta = np.linalg.solve(rest[:, fixed, fixed] + 1e-12 * np.eye(p), rest[:, fixed, -1:])[..., 0]
+    rss = rest[:, -1, -1] - np.einsum("mi,mi->m", rest[:, fixed, -1], beta)
+    # Per term: level counts and level sums of the OLS residuals (term 1 from its rows).
+    w = np.zeros((m, rest.shape[1]))
+    w[:, fixed], w[:, -1] = -beta, 1.0
+    counts, sums = [], []
+    if b:
+        first_sums = cross.times(w).reshape(m, -1, b)
+        counts = [cross.first[:, :, a, a] for a in range(b)]
+        sums = [first_sums[:, :, a] for a in range(b)]
+    diagonal = np.diagonal(rest, axis1=1, axis2=2)
+    resid_sums = np.einsum("mij,mj->mi", rest[:, :qr], w)
+    for cols in _rest_columns(layout, b):
+        counts.append(diagonal[:, cols])
+        sums.append(resid_sums[:, cols])
     n = np.asarray(n_obs, dtype=np.float64)
-    offsets = np.concatenate([[0], np.cumsum(layout.sizes)]).astype(int)
     ssb, levels, n0, within = (np.empty((m, k)) for _ in range(4))
     with np.errstate(divide="ignore", invalid="ignore"):
         for g in range(k):
-            cols = slice(offsets[g], offsets[g + 1])
-            c = counts[:, cols]
-            sums = A[:, cols, -1] - np.einsum("mlj,mj->ml", A[:, cols, fixed], beta)
+            c = counts[g]
             seen = c > 0
             levels[:, g] = seen.sum(axis=1)
-            ssb[:, g] = np.where(seen, sums**2 / np.where(seen, c, 1.0), 0.0).sum(axis=1)
+            ssb[:, g] = np.where(seen, sums[g] ** 2 / np.where(seen, c, 1.0), 0.0).sum(axis=1)
             within[:, g] = (rss - ssb[:, g]) / (n - levels[:, g] - p + 1)
             n0[:, g] = (n - (c**2).sum(axis=1) / n) / (levels[:, g] - 1)
-        ssb, df = _unnest(ssb, levels, A, counts, offsets)
-        if A.shape[1] - (layout.sizes[0] if k else 0) <= _FULL_LIMIT:
+        ssb, df = _unnest(ssb, levels, _nested(cross, layout, counts))
+        if rest.shape[1] <= _FULL_LIMIT:
             # The residual variance, not each one-way within variance: those also hold the
             # terms crossed with g (peptides within a sample), which level means average out.
-            residual = _residual_variance(A, layout, n)
+            residual = _residual_variance(cross, layout, n)
             noise = residual[:, None]
         else:  # too large to factor per feature: the one-way within variances
             residual = np.min(np.where(within > 0, within, np.inf), axis=1)
@@ -74,54 +91,104 @@ def moment_starts(A: np.ndarray, layout: Layout, n_obs: np.ndarray) -> np.ndarra
     return np.where(np.isfinite(theta), theta, 1.0)
 
 
+def _rest_columns(layout: Layout, b: int) -> list[slice]:
+    """The columns of each term after the first factor's ``b`` in the rest block."""
+    offsets = np.concatenate([[0], np.cumsum(layout.sizes[b:])]).astype(int)
+    return [slice(offsets[i], offsets[i + 1]) for i in range(offsets.size - 1)]
+
+
+def _nested(cross: Cross, layout: Layout, counts: list[np.ndarray]) -> np.ndarray:
+    """``(m, k, k)``: whether every observed level of term ``g`` meets one level of ``h``.
+
+    Read off the observed cross-counts (``g`` is then nested in ``h`` for that feature); the
+    components on the first factor are not compared with each other.
+    """
+    m, k = cross.n_features, layout.n_theta
+    structure, rest = cross.structure, cross.rest
+    b = structure.b
+    nested = np.zeros((m, k, k), dtype=bool)
+    columns = _rest_columns(layout, b)
+    place_col = structure.row_col
+    component = structure.row_level % max(b, 1)
+    reached = (cross.rows != 0).astype(np.float64)
+    places = np.arange(structure.n_places)
+    for i, cols in enumerate(columns):
+        h = b + i
+        in_h = reached * ((place_col >= cols.start) & (place_col < cols.stop))
+        per_level = structure.level_sums(in_h).reshape(m, -1, b) if b else None
+        for a in range(b):
+            # Component a in h: its levels' places in h's columns.
+            nested[:, a, h] = np.all(per_level[:, :, a] <= (counts[a] > 0), axis=1)
+            # h in component a: the levels of a that each of h's columns meets.
+            to_col = sparse.csr_matrix(
+                ((component == a).astype(np.float64), (place_col, places)),
+                shape=(structure.dim, places.size),
+            )
+            per_col = (to_col @ in_h.T).T[:, cols]
+            nested[:, h, a] = np.all(per_col <= (counts[h] > 0), axis=1)
+        for j, other in enumerate(columns):
+            if j != i:
+                meets = (rest[:, other, cols] != 0).sum(axis=2)
+                nested[:, b + j, h] = np.all(meets <= (counts[b + j] > 0), axis=1)
+    return nested
+
+
 def _unnest(
-    ssb: np.ndarray, levels: np.ndarray, A: np.ndarray, counts: np.ndarray, offsets: np.ndarray
+    ssb: np.ndarray, levels: np.ndarray, nested: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Between-level sums of squares and their df, of nested terms within the coarser term.
 
     The means of a nested term's levels (samples) also vary with the coarser term's effects
     (batches), so its one-way sum of squares holds both; the part within the coarser levels is
     ``SSB_g − SSB_h`` on ``L_g − L_h`` df (the coarser sums are sums of the nested ones).
-    Nesting is read per feature off the observed cross-counts: every observed level of ``g``
-    meets one level of ``h``, which has fewer (and at least two) observed levels; of several
-    such ``h`` the finest (largest ``SSB_h``) is taken.
+    Nesting is read per feature off the observed cross-counts (``nested``, see :func:`_meets`):
+    every observed level of ``g`` meets one level of ``h``, which has fewer (and at least two)
+    observed levels; of several such ``h`` the finest (largest ``SSB_h``) is taken.
     """
-    seen = counts > 0
     coarser = np.zeros_like(ssb)
     coarser_levels = np.ones_like(levels)
     for g in range(ssb.shape[1]):
-        cg = slice(offsets[g], offsets[g + 1])
         for h in range(ssb.shape[1]):
-            ch = slice(offsets[h], offsets[h + 1])
             if h == g:
                 continue
-            meets = (A[:, cg, ch] != 0).sum(axis=2)
-            nested = (
-                np.all(meets <= seen[:, cg], axis=1)
+            take = (
+                nested[:, g, h]
                 & (levels[:, h] < levels[:, g])
                 & (levels[:, h] >= 2)
                 & (ssb[:, h] > coarser[:, g])
             )
-            coarser[:, g] = np.where(nested, ssb[:, h], coarser[:, g])
-            coarser_levels[:, g] = np.where(nested, levels[:, h], coarser_levels[:, g])
+            coarser[:, g] = np.where(take, ssb[:, h], coarser[:, g])
+            coarser_levels[:, g] = np.where(take, levels[:, h], coarser_levels[:, g])
     return ssb - coarser, levels - coarser_levels
 
 
-def _residual_variance(A: np.ndarray, layout: Layout, n: np.ndarray) -> np.ndarray:
+def _residual_variance(cross: Cross, layout: Layout, n: np.ndarray) -> np.ndarray:
     """``RSS / (n − rank)`` of the response on all columns of ``A`` (random terms as fixed).
 
-    The first term's block is diagonal (distinct levels of one scalar term), so its columns
-    are projected out in closed form; one Cholesky factor of the correlation-scaled rest gives
+    The first factor's block is block diagonal (a ``b × b`` block per level), so its columns
+    are projected out level by level; one Cholesky factor of the correlation-scaled rest gives
     its rank (pivots of aliased columns vanish) and the residual sum of squares.
     """
-    red = reduce(A, Layout(layout.sizes, layout.p))  # by level
-    d1 = red.counts
-    rest = red.eliminated(np.where(d1 > 0, 1.0 / np.where(d1 > 0, d1, 1.0), 0.0))
+    b = cross.structure.b
+    if b <= 1:
+        red = reduce(cross, replace(layout, count_classes=0))  # by level
+        d1 = red.counts
+        rest = red.eliminated(np.where(d1 > 0, 1.0 / np.where(d1 > 0, d1, 1.0), 0.0))
+        rank1 = (d1 > 0).sum(axis=1)
+    else:
+        st = cross.structure
+        m, n_levels, dr = cross.n_features, st.n_levels, st.dim
+        rows = np.zeros((m, n_levels * b, dr))
+        rows[:, st.row_level, st.row_col] = cross.rows
+        rows = rows.reshape(m, n_levels, b, dr)
+        pinv = np.linalg.pinv(cross.first, hermitian=True)  # unobserved levels: 0
+        rest = cross.rest - np.einsum("mlad,mlac,mlce->mde", rows, pinv, rows)
+        rank1 = np.linalg.matrix_rank(cross.first, hermitian=True).sum(axis=1)
     d = rest.shape[1] - 1
     # Scaled by the columns' own norms, so a column in the first term's span keeps a ~0 pivot.
-    scale = np.sqrt(np.maximum(np.diagonal(red.A, axis1=1, axis2=2), 1e-300))
+    scale = np.sqrt(np.maximum(np.diagonal(cross.rest, axis1=1, axis2=2), 1e-300))
     corr = rest / scale[:, :, None] / scale[:, None, :]
     corr[:, np.arange(d), np.arange(d)] += 1e-9  # aliased columns get pivots ~3e-5, not 0
     pivots = np.diagonal(_batched_cholesky(corr)[0], axis1=1, axis2=2)  # NaN if it fails
-    rank = (d1 > 0).sum(axis=1) + (pivots[:, :d] > 1e-3).sum(axis=1)
+    rank = rank1 + (pivots[:, :d] > 1e-3).sum(axis=1)
     return (pivots[:, -1] * scale[:, -1]) ** 2 / (n - rank)
