@@ -79,7 +79,7 @@ def fit(
     nonfinite: str = "raise",
     drop_aliased: bool = False,
     weights: np.ndarray | None = None,
-    fixed: FixedSpec | None = None,
+    fixed: FixedSpec | tuple[FixedSpec, np.ndarray] | None = None,
 ) -> LMMResult:
     """Fit ``formula`` to every column of ``Y`` by REML (default) or ML.
 
@@ -187,7 +187,7 @@ def plan_fit(
     nonfinite: str = "raise",
     drop_aliased: bool = False,
     weights: np.ndarray | None = None,
-    fixed: FixedSpec | None = None,
+    fixed: FixedSpec | tuple[FixedSpec, np.ndarray] | None = None,
 ) -> _Plan:
     """Check the inputs of :func:`fit` (same arguments) and split its work into chunk tasks,
     not yet run (see :func:`run_plans`).

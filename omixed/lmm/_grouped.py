@@ -102,16 +102,29 @@ def fit_grouped(
     # as center() or poly() are the same for every bucket.
     units = design.set_axis(design.index.astype(str)).assign(**{unit: lambda d: d.index})
     fixed = build_spec(units, f"~ {parse_formula(formula).fixed}").specification.fixed
+    X_units = fixed.matrix(units)
+
+    def on_rows(data: pd.DataFrame) -> tuple:
+        # A bucket's rows are the units, each repeated once per local position.
+        return fixed, np.repeat(X_units, len(data) // len(units), axis=0)
 
     if robust:
         options = {"reml": reml, "n_jobs": n_jobs, "progress": progress}
         results = [
-            fit_robust(Y, data, formula, feature_names=members, fixed=fixed, **options)[0]
+            fit_robust(Y, data, formula, feature_names=members, fixed=on_rows(data), **options)[0]
             for members, Y, data in blocks
         ]
     else:
         plans = [
-            plan_fit(Y, data, formula, reml=reml, n_jobs=n_jobs, feature_names=members, fixed=fixed)
+            plan_fit(
+                Y,
+                data,
+                formula,
+                reml=reml,
+                n_jobs=n_jobs,
+                feature_names=members,
+                fixed=on_rows(data),
+            )
             for members, Y, data in blocks
         ]
         results = run_plans(plans, n_jobs=n_jobs, progress=progress)

@@ -403,7 +403,7 @@ def build_spec(
     formula: str,
     *,
     drop_aliased: bool = False,
-    fixed: FixedSpec | None = None,
+    fixed: FixedSpec | tuple[FixedSpec, np.ndarray] | None = None,
 ) -> ModelSpec:
     """Learn the :class:`Specification` of ``formula`` on ``data`` and evaluate it there.
 
@@ -417,8 +417,8 @@ def build_spec(
         Drop fixed-effect columns that are linear combinations of earlier ones (with a
         warning) instead of raising.
     fixed
-        Fixed effects already learned (e.g. on the units of a grouped fit); only their
-        encoding is applied to ``data``.
+        Fixed effects already learned (e.g. on the units of a grouped fit): their encoding is
+        applied to ``data``, or, given with their matrix on ``data``'s rows, used as they are.
 
     Raises
     ------
@@ -433,6 +433,12 @@ def build_spec(
     notes: list[str] = []
     if fixed is None:
         fixed, X = _learn_fixed(data, parsed, drop_aliased, notes)
+    elif isinstance(fixed, tuple):  # learned, and already evaluated on these rows
+        fixed, X = fixed
+        if X.shape != (len(data), len(fixed.names)):
+            raise ValueError(
+                f"the given fixed-effects matrix is {X.shape}, the data {len(data)} rows"
+            )
     else:
         X = fixed.matrix(data)
     terms, blocks, slopes = _learn_random(data, parsed, notes)
