@@ -68,15 +68,4 @@ def fit_df(adata: AnnData, *, key: str = "lmm") -> pd.DataFrame:
     >>> omixed.get.fit_df(adata).columns[:5].tolist()
     ['criterion', 'converged', 'n_obs', 'reason', 'notes']
     """
-    res = _fitstore.read(adata, key)
-    parts = [
-        res.criterion,
-        res.converged,
-        res.n_obs,
-        res.reason,
-        res.notes,
-        res.variance.add_prefix("var_"),
-        res.beta.add_prefix("beta_"),
-        res.se.add_prefix("se_"),
-    ]
-    return pd.concat(parts, axis=1).rename_axis("feature")
+    return _fitstore.read(adata, key).summary().rename_axis("feature")

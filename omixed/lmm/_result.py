@@ -147,13 +147,14 @@ class LMMResult:
         )
 
     def summary(self) -> pd.DataFrame:
-        """One row per feature: criterion, convergence, variance components, β and SE."""
+        """One row per feature: criterion, convergence, observations, reason, notes, variance
+        components (``var_``), fixed effects (``beta_``) and their standard errors (``se_``)."""
         parts = [
             self.criterion,
             self.converged,
+            self.n_obs,
             self.reason,
             self.notes,
-            self.n_obs,
             self.variance.add_prefix("var_"),
             self.beta.add_prefix("beta_"),
             self.se.add_prefix("se_"),
