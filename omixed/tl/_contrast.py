@@ -18,6 +18,7 @@ from ..lmm import (
     fisher_combined,
     t_table,
 )
+from ._proteins import peptide_values
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -160,10 +161,14 @@ def test(
                 f"uns[{key!r}] is a protein-level fit (summarize_proteins): pass the peptide "
                 "AnnData it was made from as peptides="
             )
-        long = _peptide_table(peptides, info["protein_key"], layer or info["source_layer"] or None)
+        if info["protein_key"] not in peptides.var.columns:
+            raise KeyError(
+                f"peptides.var has no column {info['protein_key']!r} (the fit's protein_key)"
+            )
+        long = peptide_values(peptides, info["protein_key"], layer or info["source_layer"] or None)
         obs = peptides.obs.copy()
         obs.index = obs.index.astype(str)
-        moments = contrast_moments_grouped(model, long, obs, weights, **options)
+        moments = contrast_moments_grouped(model, long, obs, weights, feature="protein", **options)
         if hurdle:
             X = model.spec.fixed.matrix(obs)
             counts, totals = _detections(peptides, info["protein_key"], adata.var_names, layer)
@@ -216,22 +221,6 @@ def test(
     adata.uns[key_added] = params
     _fitstore.register(adata, key, varm=[key_added], uns=[key_added])
     return table.sort_values(order, na_position="last", key=_rank_key)
-
-
-def _peptide_table(peptides: AnnData, protein_key: str, layer: str | None) -> pd.DataFrame:
-    """Observed peptide values in long form, as :func:`~omixed.tl.summarize_proteins` builds it."""
-    if protein_key not in peptides.var.columns:
-        raise KeyError(f"peptides.var has no column {protein_key!r} (the fit's protein_key)")
-    Y = get_matrix(peptides, layer)
-    rows, cols = np.nonzero(np.isfinite(Y))
-    return pd.DataFrame(
-        {
-            "feature": peptides.var[protein_key].astype(str).to_numpy()[cols],
-            "peptide": peptides.var_names.to_numpy()[cols],
-            "sample": peptides.obs_names.astype(str).to_numpy()[rows],
-            "y": Y[rows, cols],
-        }
-    )
 
 
 def _detections(

@@ -45,6 +45,20 @@ def protein_formula(adata: AnnData) -> str:
     return f"~ {fixed}{batch} + (1|sample) + (1|peptide)"
 
 
+def peptide_values(adata: AnnData, protein_key: str, layer: str | None) -> pd.DataFrame:
+    """Observed peptide values in long form: protein, peptide, sample, y (one row each)."""
+    Y = get_matrix(adata, layer)
+    rows, cols = np.nonzero(np.isfinite(Y))
+    return pd.DataFrame(
+        {
+            "protein": adata.var[protein_key].astype(str).to_numpy()[cols],
+            "peptide": adata.var_names.to_numpy()[cols],
+            "sample": adata.obs_names.astype(str).to_numpy()[rows],
+            "y": Y[rows, cols],
+        }
+    )
+
+
 def summarize_proteins(
     adata: AnnData,
     *,
@@ -134,18 +148,9 @@ def summarize_proteins(
             f"peptide are {removable}"
         )
 
-    Y = get_matrix(adata, layer)
     obs = adata.obs.copy()
     obs.index = obs.index.astype(str)
-    rows, cols = np.nonzero(np.isfinite(Y))
-    long = pd.DataFrame(
-        {
-            "protein": adata.var[protein_key].astype(str).to_numpy()[cols],
-            "peptide": adata.var_names.to_numpy()[cols],
-            "sample": obs.index.to_numpy()[rows],
-            "y": Y[rows, cols],
-        }
-    )
+    long = peptide_values(adata, protein_key, layer)
     n_peptides = long.groupby("protein", sort=False)["peptide"].nunique()
     keep = n_peptides.index[n_peptides >= min_peptides]
     if keep.empty:
