@@ -281,8 +281,7 @@ def _merge_proteins(chunks: list, fits: list, records: list[dict], key: str) -> 
     from ..tl._fit import warn_failures
 
     res = lmm.LMMResult.concat(fits)
-    tables = [chunk[:, []].copy() for chunk in chunks]  # obs only, to check they agree
-    if any(not t.obs.equals(tables[0].obs) for t in tables[1:]):
+    if any(not chunk.obs.equals(chunks[0].obs) for chunk in chunks[1:]):
         raise ValueError("the protein chunks have different samples; summarize one data set")
     merged = ad.concat(
         [
