@@ -116,6 +116,23 @@ def test_proteins_through_the_command_line_equal_one_summary(tmp_path):
     assert volcano.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_protein_chunks_of_different_samples_are_refused(tmp_path, caplog):
+    peptides = omixed.datasets.example_peptides()[:, :120].copy()
+    data = tmp_path / "peptides.h5ad"
+    peptides.write_h5ad(data)
+    chunks = [tmp_path / f"c{i}.h5ad" for i in range(2)]
+    assert cli.main(["split", str(data), "--by", "protein", "-o", *map(str, chunks)]) == 0
+    second = ad.read_h5ad(chunks[1])
+    second[1:].copy().write_h5ad(chunks[1])  # one sample fewer
+    summaries = [c.with_suffix(".proteins.h5ad") for c in chunks]
+    for chunk, out in zip(chunks, summaries, strict=True):
+        assert cli.main(["summarize", str(chunk), "-o", str(out)]) == 0
+    merged = tmp_path / "proteins.h5ad"
+    assert cli.main(["merge", *map(str, summaries), "-o", str(merged)]) == 1
+    assert "the protein chunks have different samples" in caplog.text
+    assert not merged.exists()
+
+
 # A random command line over a pool of paths: inputs, fresh outputs, an input again, a folder,
 # a device.  Whatever happens, no input changes, and a failed command leaves no output behind.
 COMMANDS = {

@@ -280,9 +280,9 @@ def _merge_proteins(chunks: list, fits: list, records: list[dict], key: str) -> 
     from .. import _fitstore, lmm
     from ..tl._fit import warn_failures
 
-    res = lmm.LMMResult.concat(fits)
     if any(not chunk.obs.equals(chunks[0].obs) for chunk in chunks[1:]):
         raise ValueError("the protein chunks have different samples; summarize one data set")
+    res = lmm.LMMResult.concat(fits)
     merged = ad.concat(
         [
             ad.AnnData(c.X, obs=c.obs, var=c.var[["n_peptides"]], layers=dict(c.layers))
