@@ -197,6 +197,7 @@ def test_varpar_covariance_matches_lmertest(genes, lme4_classic, classic_data, l
             theta.to_numpy(),
             np.eye(spec.X.shape[1])[0],
             satterthwaite=True,
+            X=spec.X,
         )
         unit = np.ones_like(out["grad"])
         unit[:, -1] = out["scale"]
@@ -270,7 +271,7 @@ def test_hessian_and_gradient_match_finite_differences():
     Zs = [spec.terms[i].indicator().toarray() for i in design_.order]
     theta = np.array([0.8, 1.3, 0.4])  # elimination order, not an optimum
     L = np.array([0.0, 1.0])
-    out = _moments_chunk(y[None, :], design_, theta[None, :], L, satterthwaite=True)
+    out = _moments_chunk(y[None, :], design_, theta[None, :], L, satterthwaite=True, X=spec.X)
     _assert_matches_finite_differences(out, lambda v: _dense_deviance(v, y, spec.X, Zs), theta, L)
 
 
@@ -622,7 +623,8 @@ def test_sleepstudy_correlated_at_lme4s_theta(lme4_classic, classic_data, lmerte
         got = contrast_moments(_at(res, theta), Y, data, term).iloc[0]
         assert got["df_satterthwaite"] == pytest.approx(row["df"], rel=1e-6)
         assert np.sqrt(got["var"]) == pytest.approx(row["se"], rel=1e-8)
-    design = plan_design(lmm.build_spec(data, formula))
+    spec = lmm.build_spec(data, formula)
+    design = plan_design(spec)
     order = [*design.term_names, *design.extra_names]
     out = _moments_chunk(
         np.ascontiguousarray(Y.T),
@@ -630,6 +632,7 @@ def test_sleepstudy_correlated_at_lme4s_theta(lme4_classic, classic_data, lmerte
         theta[order].to_numpy(),
         np.array([0.0, 1.0]),
         satterthwaite=True,
+        X=spec.X,
     )
     unit = np.r_[np.ones(len(order)), out["scale"]]
     vcov = _half_pinv(out["hessian"])[0] * np.outer(unit, unit)
@@ -664,7 +667,7 @@ def test_correlated_hessian_and_gradient_match_finite_differences():
     Zs = [term.indicator().toarray() for term in spec.terms]
     theta = np.array([0.9, 0.6, -0.4])  # (T_00, T_11, T_10), not an optimum
     L = np.array([0.3, 1.0])
-    out = _moments_chunk(y[None, :], design_, theta[None, :], L, satterthwaite=True)
+    out = _moments_chunk(y[None, :], design_, theta[None, :], L, satterthwaite=True, X=spec.X)
     _assert_matches_finite_differences(
         out, lambda v: _correlated_deviance(v, y, spec.X, Zs), theta, L
     )
@@ -779,15 +782,16 @@ def test_correlated_elimination_matches_the_full_system(formula):
     )
     g = np.repeat(np.arange(9), 8)
     Y = rng.normal(size=(n, 5)) + rng.normal(size=(9, 5))[g] * (1 + data["x"].to_numpy()[:, None])
-    design = plan_design(lmm.build_spec(data, formula))
+    spec = lmm.build_spec(data, formula)
+    design = plan_design(spec)
     assert design.correlated
     n_terms, k = len(design.term_names), design.n_theta
     theta = np.column_stack(
         [rng.uniform(0.3, 1.5, (5, n_terms)), rng.normal(0.0, 0.5, (5, k - n_terms))]
     )
-    L = contrast_vector("cond[T.b]", lmm.build_spec(data, formula).fixed_names)[0]
+    L = contrast_vector("cond[T.b]", spec.fixed_names)[0]
     Yt = np.ascontiguousarray(Y.T)
-    out = _moments_chunk(Yt, design, theta, L, satterthwaite=True)
-    H, grad = _full_system_reference(Yt, lmm.build_spec(data, formula), design, theta, L)
+    out = _moments_chunk(Yt, design, theta, L, satterthwaite=True, X=spec.X)
+    H, grad = _full_system_reference(Yt, spec, design, theta, L)
     np.testing.assert_allclose(out["hessian"], H, rtol=1e-9, atol=1e-9 * np.abs(H).max())
     np.testing.assert_allclose(out["grad"], grad, rtol=1e-9, atol=1e-9 * np.abs(grad).max())

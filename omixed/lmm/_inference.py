@@ -324,12 +324,13 @@ def _moments_chunk(
     L: np.ndarray,
     *,
     satterthwaite: bool,
-    X: np.ndarray | None = None,
+    X: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """Contrast estimate and variance, residual variance and Satterthwaite pieces per feature.
 
-    ``Yt`` is features × rows, ``theta`` features × terms in elimination order (NaN: not fit),
-    followed for correlated terms by the off-diagonals ``design.extra_names``.
+    ``Yt`` is features × rows, ``X`` the rows' fixed-effects design, ``theta`` features × terms
+    in elimination order (NaN: not fit), followed for correlated terms by the off-diagonals
+    ``design.extra_names``.
     Besides ``_COLUMNS`` (data scale) it returns ``scale`` and, on the fit's standardized scale
     (``y / scale``), ``var_std``, ``sigma2_std``, the gradient ``grad`` of ``l'Cov(β̂)l`` in
     (θ, σ) and the deviance Hessian ``hessian`` (elimination order, then σ).
@@ -356,11 +357,8 @@ def _moments_chunk(
         free[:, layout.n_theta + i] = free[:, a] & free[:, c]
 
     fitted = np.all(np.isfinite(theta), axis=1)
-    if X is None:  # callers that know the design is full rank on every feature's rows
-        can = ~np.any(dropped & (L != 0), axis=1)
-    else:
-        observed = np.isfinite(Yt).astype(np.float64)
-        can = estimable(L, np.einsum("fn,np,nq->fpq", observed, X, X))
+    observed = np.isfinite(Yt).astype(np.float64)
+    can = estimable(L, np.einsum("fn,np,nq->fpq", observed, X, X))
     ok = fitted & (nu >= 1) & can
     reason = np.full(m, "", dtype=object)
     reason[~(nu >= 1)] = "no residual degrees of freedom"
