@@ -426,10 +426,8 @@ def removed_contribution(
         if method == "full":
             contribution, prior = per_sample(est.gamma, est.codes), None
         else:
-            contribution, fitted = empirical_bayes(Y, est, scale=scale)
-            kept = (
-                fitted._asdict() if scale else {"gamma_bar": fitted.gamma_bar, "tau2": fitted.tau2}
-            )
+            contribution, hyper = empirical_bayes(Y, est, scale=scale)
+            kept = hyper._asdict() if scale else {"gamma_bar": hyper.gamma_bar, "tau2": hyper.tau2}
             prior = {"levels": list(result.spec.term(term).labels), **kept}
     contribution[:, ~result.converged.to_numpy(dtype=bool)] = 0.0
     return contribution, prior
