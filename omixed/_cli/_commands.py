@@ -191,17 +191,9 @@ def fit(args: argparse.Namespace) -> None:
     from .. import tl
 
     adata = read_h5ad(args.input)
-    tl.fit(
-        adata,
-        args.formula,
-        layer=args.layer,
-        reml=not args.ml,
-        key_added=args.key,
-        n_jobs=args.threads,
-        progress=False,
-    )
-    params = {"formula": args.formula, "reml": not args.ml, "layer": args.layer, "key": args.key}
-    record(adata, "fit", params)
+    options = {"formula": args.formula, "reml": not args.ml, "layer": args.layer}
+    tl.fit(adata, **options, key_added=args.key, n_jobs=args.threads, progress=False)
+    record(adata, "fit", {**options, "key": args.key})
     write_h5ad(adata, args.output)
 
 
@@ -321,29 +313,19 @@ def summarize(args: argparse.Namespace) -> None:
     from .. import tl
 
     peptides = read_h5ad(args.input)
-    proteins = tl.summarize_proteins(
-        peptides,
-        protein_key=args.protein_key,
-        formula=args.formula,
-        remove=args.remove,
-        min_peptides=args.min_peptides,
-        reml=not args.ml,
-        robust=args.robust,
-        key_added=args.key,
-        n_jobs=args.threads,
-        progress=False,
-    )
-    params = {
+    options = {
         "protein_key": args.protein_key,
         "formula": args.formula,
         "remove": args.remove,
         "min_peptides": args.min_peptides,
         "reml": not args.ml,
         "robust": args.robust,
-        "key": args.key,
     }
+    proteins = tl.summarize_proteins(
+        peptides, **options, key_added=args.key, n_jobs=args.threads, progress=False
+    )
     proteins.uns[RUN_KEY] = dict(peptides.uns.get(RUN_KEY, {}))
-    record(proteins, "summarize", params)
+    record(proteins, "summarize", {**options, "key": args.key})
     write_h5ad(proteins, args.output)
 
 
