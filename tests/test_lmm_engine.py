@@ -275,6 +275,36 @@ def test_criterion_of_many_features_equals_one_at_a_time(monkeypatch):
             np.testing.assert_array_equal(a[f : f + 1], b)
 
 
+@pytest.mark.parametrize("reml", [True, False])
+def test_criterion_with_the_remaining_terms_at_zero(crossed, reml):
+    """θ of the remaining terms all 0 factors the fixed-effects block alone: the same criterion
+    as the full system (evaluated beside a feature that needs it) and, with every θ at 0, the
+    least-squares fit's criterion computed by hand."""
+    design, Y = crossed
+    A, n = _crossed_cross_products(Y, design)
+    red = reduce(cross_from_dense(A, 8), Layout((8, 4), 2, count_classes=3))
+    p = np.full(4, 2.0)
+    theta = np.array([[0.0, 0.0], [0.8, 0.0], [1.7, 0.0], [0.0, 0.0]])
+    alone, _, _ = criterion(theta, red, n, p, reml=reml)
+    beside = np.vstack([theta, [0.5, 0.5]])
+    full, _, _ = criterion(
+        beside, red.take(np.arange(5) % 4), np.r_[n, n[0]], np.r_[p, 2.0], reml=reml
+    )
+    np.testing.assert_allclose(alone, full[:4], rtol=1e-12)
+
+    spec = lmm.build_spec(design, FORMULA)
+    for f in (0, 3):
+        seen = np.isfinite(Y[:, f])
+        X, y = spec.X[seen], Y[seen, f]
+        rss = np.sum((y - X @ np.linalg.lstsq(X, y, rcond=None)[0]) ** 2)
+        if reml:
+            nu = seen.sum() - 2
+            hand = np.linalg.slogdet(X.T @ X)[1] + nu * (1 + np.log(2 * np.pi * rss / nu))
+        else:
+            hand = seen.sum() * (1 + np.log(2 * np.pi * rss / seen.sum()))
+        np.testing.assert_allclose(alone[f], hand, rtol=1e-10)
+
+
 def test_count_classes_give_the_per_level_criterion(crossed):
     A, n = _crossed_cross_products(crossed[1], crossed[0])
     theta = np.array([[0.7, 1.3], [0.0, 0.4], [2.0, 0.0], [0.3, 0.3]])

@@ -464,6 +464,10 @@ def _criterion(
 
     Om = np.multiply(A_t, scale[:, None, :], out=_scratch("Om", square))
     Om *= scale[:, :, None]  # S Ã S
+    if order == 0 and qr and not scale[:, :qr].any():
+        # The remaining terms at θ = 0 (every fit checks that boundary): their columns of Ω̃
+        # are the identity beside the fixed-effects block, so only that block is factored.
+        return factor_criterion(Om[:, qr:, qr:], 0, ell, n_obs, p_eff, reml)[0], None, None
     crit, L, r2, bad = factor_criterion(Om, qr, ell, n_obs, p_eff, reml)
     nu = n_obs - p_eff
     if order == 0:
