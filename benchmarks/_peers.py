@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 LME4_LOOP = Path(__file__).with_name("lme4_loop.R")
+# Python source that sets ``peak``, the peak RSS in MiB of the process running it (Linux).  VmHWM
+# belongs to the process's own address space; getrusage's ru_maxrss survives execve, so a child
+# started by a benchmark that has already fit large designs would report the parent's peak.
+PEAK_MIB = (
+    "peak = next(int(line.split()[1]) for line in open('/proc/self/status') "
+    "if line.startswith('VmHWM')) / 1024"
+)
 
 
 @functools.cache

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _peers import lme4_available, time_lme4
+from _peers import PEAK_MIB, lme4_available, time_lme4
 
 from omixed import lmm
 
@@ -113,11 +113,8 @@ def bench_cohorts(names: list[str], n_features: int, lme4_features: int) -> None
         assert res.converged.mean() > 0.99, res.reason.value_counts()
 
 
-_PEAK = "import resource; peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024"
-
-
 def _python_fit(code: str) -> dict:
-    script = textwrap.dedent(code) + f"\n{_PEAK}\nprint(json.dumps({{**out, 'peak_mib': peak}}))"
+    script = textwrap.dedent(code) + f"\n{PEAK_MIB}\nprint(json.dumps({{**out, 'peak_mib': peak}}))"
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     if run.returncode:
         raise RuntimeError(run.stderr)

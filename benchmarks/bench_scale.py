@@ -22,6 +22,7 @@ import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
+from _peers import PEAK_MIB
 
 N_SAMPLES, N_BATCH, BLOCK = 100, 5, 50_000
 
@@ -53,15 +54,16 @@ def write_h5ad(path: Path, n_features: int, seed: int = 0) -> None:
 
 def fit_in_subprocess(path: Path) -> dict:
     code = f"""
-import json, resource, time, warnings
+import json, time, warnings
 import anndata as ad, omixed
 warnings.simplefilter("ignore")
 adata = ad.read_h5ad({str(path)!r}, backed="r")
 t = time.perf_counter()
 omixed.tl.fit(adata, "~ condition + (1|batch)", progress=False)
 seconds = time.perf_counter() - t
+{PEAK_MIB}
 print(json.dumps({{"seconds": seconds, "converged": int(adata.var["lmm_converged"].sum()),
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                  "peak_rss_mib": peak}}))
 """
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
