@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["class_sums", "cross_products", "level_sums"]
+__all__ = ["class_sums", "cross_products", "derivative_sums", "level_sums"]
 
 
 @njit(cache=True, nogil=True)
@@ -90,3 +90,102 @@ def class_sums(rows, member, row_level, row_col, e1, e2, out):
             out[f, k, j1 * dr + j2] += v
             if j1 != j2:
                 out[f, k, j2 * dr + j1] += v
+
+
+@njit(cache=True, nogil=True)
+def derivative_sums(A, Om, K, Kk, W1, W2, Q, scale, term, slot, C_in, H_in, qr, hessian, out):
+    """The traces and quadratic forms of the criterion's derivatives (see ``_objective``).
+
+    Per feature, from ``Ã`` (``A``), ``Ω̃`` (``Om``, with its ``+I``), ``K = Ω̃⁻¹``, ``Kk``,
+    ``W₁``, ``W₂``, ``Q = W₁ Kk S`` and the scales ``S``: ``term[i]`` is the term (≥ 1) of
+    remaining column ``i < qr``; ``C = Ã S Kk`` and ``H = C S Ã`` on the remaining rows are
+    read from ``C_in[slot]``/``H_in[slot]`` where ``slot ≥ 0`` and otherwise follow from ``K``
+    (REML with every remaining θ clear of 0: ``C = S⁻¹(I − K)``, ``S H S = Ω̃ − 2I + K``).
+    ``out[f]`` receives, per term pair ``(k, k)``: 0 tr(Kk D_a), 1 v'D_a v (diagonals), 2
+    tr(Kk D_a Kk D_b), 3 tr(Kk D_ab), 4 v'D_ab v, 5 (D_a v)'K(D_b v).  Term 0 is the eliminated
+    one (its D_0 = −S W₁ S); ``W₂``, ``Q`` and ``H_in`` are read only for the Hessian.
+    """
+    m, dr = A.shape[0], A.shape[1]
+    k = out.shape[2]
+    Sv = np.empty(dr)
+    Bv = np.empty(dr)
+    W1Sv = np.empty(dr)
+    AEv = np.empty((dr, k))
+    Dv = np.empty((k, dr))
+    for f in range(m):
+        s = scale[f]
+        o = out[f]
+        o[:] = 0.0
+        for i in range(dr):
+            Sv[i] = s[i] * K[f, i, dr - 1]
+        for i in range(dr):
+            bv, w1 = 0.0, 0.0
+            for a in range(k):
+                AEv[i, a] = 0.0
+            for j in range(dr):
+                bv += A[f, i, j] * Sv[j]
+                w1 += W1[f, i, j] * Sv[j]
+            for j in range(qr):
+                AEv[i, term[j]] += A[f, i, j] * K[f, j, dr - 1]
+            Bv[i], W1Sv[i] = bv, w1
+        g = slot[f]
+        for i in range(dr):
+            v_i = K[f, i, dr - 1]
+            r1 = 0.0
+            for j in range(dr):
+                r1 += W1[f, i, j] * Kk[f, i, j] * s[j]
+            o[0, 0, 0] -= s[i] * r1
+            o[1, 0, 0] -= Sv[i] * W1Sv[i]
+            if i >= qr:
+                continue
+            a = term[i]
+            c_ii = C_in[g, i, i] if g >= 0 else (1.0 - K[f, i, i]) / s[i]
+            o[0, a, a] += 2.0 * c_ii
+            o[1, a, a] += 2.0 * v_i * Bv[i]
+            if not hessian:
+                continue
+            o[3, 0, a] -= 2.0 * r1
+            o[4, 0, a] -= 2.0 * v_i * W1Sv[i]
+            csq = 0.0
+            for j in range(dr):
+                eye = 1.0 if i == j else 0.0
+                c_ij = C_in[g, i, j] if g >= 0 else (eye - K[f, i, j]) / s[i]
+                csq += c_ij * s[j] * Q[f, j, i]
+                if j < qr:
+                    b = term[j]
+                    c_ji = C_in[g, j, i] if g >= 0 else (eye - K[f, j, i]) / s[j]
+                    if g >= 0:
+                        h_ij = H_in[g, i, j]
+                    else:
+                        h_ij = (Om[f, i, j] + Kk[f, i, j] - 2.0 * eye) / (s[i] * s[j])
+                    o[2, a, b] += 2.0 * (c_ij * c_ji + Kk[f, i, j] * h_ij)
+                    o[3, a, b] += 2.0 * Kk[f, i, j] * A[f, i, j]
+                    o[4, a, b] += 2.0 * v_i * A[f, i, j] * K[f, j, dr - 1]
+            o[2, 0, a] -= 2.0 * csq
+        if not hessian:
+            continue
+        for i in range(dr):
+            r2, w2, q2 = 0.0, 0.0, 0.0
+            for j in range(dr):
+                r2 += W2[f, i, j] * Kk[f, i, j] * s[j]
+                w2 += W2[f, i, j] * Sv[j]
+                q2 += Q[f, i, j] * s[j] * Q[f, j, i]
+            o[3, 0, 0] -= s[i] * r2
+            o[4, 0, 0] -= Sv[i] * w2
+            o[2, 0, 0] += s[i] * q2
+        for a in range(k):
+            for i in range(dr):
+                if a == 0:
+                    Dv[0, i] = -s[i] * W1Sv[i]
+                else:
+                    Dv[a, i] = (Bv[i] if i < qr and term[i] == a else 0.0) + s[i] * AEv[i, a]
+        for a in range(k):
+            for i in range(dr):
+                kd = 0.0
+                for j in range(dr):
+                    kd += K[f, i, j] * Dv[a, j]
+                for b in range(k):
+                    o[5, b, a] += Dv[b, i] * kd
+        for x in (2, 3, 4):
+            for a in range(1, k):
+                o[x, a, 0] = o[x, 0, a]

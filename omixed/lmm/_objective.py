@@ -475,91 +475,51 @@ def _criterion(
 
     K, Kk = factor_inverses(L, bad, qr, reml, _scratch)
     del L  # a large single fit holds a few dense (dr, dr) arrays at most
-    v = K[:, :, -1]
     r2 = np.where(bad, 1.0, r2)
     w = (nu - 1.0) if reml else n_obs.astype(np.float64)
 
-    # Every D_a of a remaining term a is E_a B + B'E_a (B = Ã S, E_a: diagonal 0/1 of a's
-    # columns), so its traces against Kk reduce to block sums Σ_{i∈a, j∈b} X_ij = (E X E')_ab
-    # of a few products (C = B Kk, H = C B') instead of one dense product per term and pair.
-    # Term 1's D_0 = −S W₁ S enters through the row sums of W₁ ∘ (Kk S) and one product
-    # Q = W₁ (S Kk).  Sums run per feature along contiguous axes (never a GEMM across
-    # features, whose blocking would make the result depend on how many features share a
-    # chunk).
-    E = np.zeros((k, dr))
-    E[:, :qr] = rest_terms == np.arange(k)[:, None]
-    starts = np.searchsorted(rest_terms, np.arange(1, k))
+    if not k:
+        return crit, np.zeros((m, 0)), (np.zeros((m, 0, 0)) if order == 2 else None)
 
-    def sums(x: np.ndarray) -> np.ndarray:
-        """``x E'``: ``(m, ≥qr)`` → per-term sums ``(m, k)`` (0 for term 1)."""
-        out = np.zeros((m, k))
-        if k > 1:
-            out[:, 1:] = np.add.reduceat(x[:, :qr], starts, axis=1)
-        return out
+    # The derivatives' traces and quadratic forms (module notes), one compiled pass per
+    # feature: every D_a of a remaining term is E_a B + B'E_a (B = Ã S, E_a: diagonal 0/1 of
+    # a's columns), so its traces against Kk are block sums of C = B Kk and H = C B'; term 1's
+    # D_0 = −S W₁ S enters through W₁ ∘ (Kk S) and one product Q = W₁ (Kk S)'.  C and H follow
+    # from K where every remaining θ is clear of 0 (REML, :func:`_direct`), and are products
+    # elsewhere.  Every sum runs within a feature (never a GEMM across features, whose
+    # blocking would make the result depend on how many features share a chunk).
+    from ._kernels import derivative_sums  # numba, loaded at the first fit only
 
-    def blocks(X: np.ndarray) -> np.ndarray:
-        """``E X E'``: ``(m, ≥qr, ≥qr)`` → per-pair block sums ``(m, k, k)``."""
-        out = np.zeros((m, k, k))
-        if k > 1:
-            rows = np.add.reduceat(X[:, :qr, :qr], starts, axis=1)
-            out[:, 1:, 1:] = np.add.reduceat(rows, starts, axis=2)
-        return out
-
-    if order == 1:  # only the diagonal of C = B Kk
-        C = None
-        diag_C = np.einsum("mij,mji->mi", A_t[:, :qr], Kk[:, :, :qr] * scale[:, :, None])
-    else:
-        C = _rest_rows(A_t, Kk, scale, qr, reml, bad)
-        diag_C = np.diagonal(C, axis1=1, axis2=2)
-    Sv = scale * v
-    Ev = E[:, None, :] * v[None]  # (k, m, dr): E_a v
-    AEv = np.matmul(A_t, Ev.transpose(1, 2, 0))  # (m, dr, k): Ã E_a v
-    Bv = np.einsum("mij,mj->mi", A_t, Sv)  # B v = Ã S v
-    tr_D = 2.0 * sums(diag_C)  # tr(Kk D_a)
-    vDv = 2.0 * sums(v * Bv)  # v'D_a v
-    # D_a v = E_a B v + B'E_a v = E_a Ã S v + S Ã E_a v, stacked over terms.
-    Dv = E[:, None, :] * Bv[None] + scale[None] * AEv.transpose(2, 0, 1)
+    hessian = order == 2
+    rest = np.flatnonzero(~_direct(scale, qr, reml, bad))
+    slot = np.full(m, -1)
+    slot[rest] = np.arange(rest.size)
+    B_rest = A_t[rest, :qr] * scale[rest, None, :]
+    C_in = B_rest @ Kk[rest]
+    H_in = C_in @ B_rest.transpose(0, 2, 1) if hessian else C_in
+    W1 = W[:, 1]
+    W2, Q = W1, W1  # read only for the Hessian
+    if hessian:
+        W2 = W[:, 2]
+        KS = np.multiply(Kk, scale[:, None, :], out=_scratch("KS", square))
+        Q = np.matmul(W1, KS.transpose(0, 2, 1), out=_scratch("Q", square))
+    sums = np.empty((m, 6, k, k))
+    derivative_sums(
+        A_t, Om, K, Kk, W1, W2, Q, scale, rest_terms, slot, C_in, H_in, qr, hessian, sums
+    )
+    tr_D = np.diagonal(sums[:, 0], axis1=1, axis2=2)  # tr(Kk D_a)
+    vDv = np.diagonal(sums[:, 1], axis1=1, axis2=2)  # v'D_a v
     d_ell = np.zeros((m, k))
-    if k:
-        # Term 1 (eliminated): D_0 = −S W₁ S with W₁ = Σ s'_i a_i a_i'.
-        KS = np.multiply(Kk, scale[:, None, :], out=_scratch("KS", square))  # Kk S
-        rowsum1 = np.einsum("mij,mij->mi", W[:, 1], KS)  # rows of W₁ ∘ (Kk S)
-        W1Sv = np.einsum("mij,mj->mi", W[:, 1], Sv)
-        tr_D[:, 0] = -np.einsum("mi,mi->m", scale, rowsum1)
-        vDv[:, 0] = -np.einsum("mi,mi->m", Sv, W1Sv)
-        Dv[0] = -scale * W1Sv
-        d_ell[:, 0] = (red.mult * 2.0 * t1 * c / den).sum(axis=1)
+    d_ell[:, 0] = (red.mult * 2.0 * t1 * c / den).sum(axis=1)
     grad = d_ell + tr_D + (w * r2)[:, None] * vDv
     grad[bad] = np.nan
     if order == 1:
         return crit, grad, None
 
-    H = _rest_block(C, A_t, Kk, Om, scale, qr, reml, bad)  # B Kk B' on the rest terms
-    rr = (m, qr, qr)
-    # tr(Kk D_a Kk D_b), then tr(Kk D_ab) with D_ab = E_a Ã E_b + E_b Ã E_a.
-    C_rr = C[:, :, :qr]
-    tr_DD = 2.0 * blocks(np.multiply(C_rr, C_rr.transpose(0, 2, 1), out=_scratch("CC", rr)))
-    tr_DD += 2.0 * blocks(np.multiply(Kk[:, :qr, :qr], H, out=_scratch("KH", rr)))
-    del H  # a large single fit holds few (dr, dr) arrays at once
-    tr_D2 = 2.0 * blocks(np.multiply(Kk[:, :qr, :qr], A_t[:, :qr, :qr], out=_scratch("KA", rr)))
-    vD2v = 2.0 * np.einsum("ami,mib->mab", Ev, AEv)  # v'D_ab v
+    # tr(Kk D_a Kk D_b), tr(Kk D_ab), v'D_ab v and (D_a v)'K(D_b v).
+    tr_DD, tr_D2, vD2v, cross = sums[:, 2], sums[:, 3], sums[:, 4], sums[:, 5]
     extra = np.zeros((m, k, k))
-    if k:
-        # Pairs with term 1: D_00 = −S W₂ S, D_0b = −(E_b W₁S + S W₁E_b); Kk D_0 = −Kk S Q'...
-        # with Q = W₁ (S Kk), so that D_0 Kk = −S Q.
-        Q = np.matmul(W[:, 1], KS.transpose(0, 2, 1), out=_scratch("Q", square))
-        CsQ = np.einsum("mij,mj,mji->mi", C, scale, Q[:, :, :qr])
-        SQ = np.multiply(Q, scale[:, :, None], out=Q)
-        tr_DD[:, 0, :] = tr_DD[:, :, 0] = -2.0 * sums(CsQ)
-        tr_DD[:, 0, 0] = np.einsum("mij,mji->m", SQ, SQ)
-        tr_D2[:, 0, :] = tr_D2[:, :, 0] = -2.0 * sums(rowsum1)
-        rowsum2 = np.einsum("mij,mij->mi", W[:, 2], KS)
-        tr_D2[:, 0, 0] = -np.einsum("mi,mi->m", scale, rowsum2)
-        vD2v[:, 0, :] = vD2v[:, :, 0] = -2.0 * sums(v * W1Sv)
-        vD2v[:, 0, 0] = -np.einsum("mi,mij,mj->m", Sv, W[:, 2], Sv)
-        extra[:, 0, 0] = (red.mult * 2.0 * c * (1.0 - sq) / den**2).sum(axis=1)
-    KDv = np.matmul(K, Dv.transpose(1, 2, 0))  # (m, dr, k)
-    cross = np.einsum("ami,mib->mab", Dv, KDv)  # (D_a v)'K(D_b v)
+    extra[:, 0, 0] = (red.mult * 2.0 * c * (1.0 - sq) / den**2).sum(axis=1)
     wr2 = (w * r2)[:, None, None]
     hess = (
         extra
@@ -573,62 +533,15 @@ def _criterion(
 
 
 def _direct(scale: np.ndarray, qr: int, reml: bool, bad: np.ndarray) -> np.ndarray:
-    """Features whose ``C`` and ``H`` follow from ``K`` alone (see :func:`_rest_rows`)."""
+    """Features whose ``C = B Kk`` and ``H = C B'`` follow from ``K`` alone.
+
+    For REML ``Kk = K = Ω̃⁻¹`` and ``S B = S Ã S = Ω̃ − J`` (``J`` the identity on the remaining
+    terms' rows), so ``C = S⁻¹(I − J K)`` and ``S H S = Ω̃ − 2J + JKJ`` without a product,
+    where every θ of the rest is clear of 0 (the division loses ``ε/θ²`` relative).
+    """
     if not reml:
         return np.zeros(scale.shape[0], dtype=bool)
     return ~bad & np.all(scale[:, :qr] > _DIRECT_ABOVE, axis=1)
-
-
-def _rest_rows(
-    A_t: np.ndarray,
-    Kk: np.ndarray,
-    scale: np.ndarray,
-    qr: int,
-    reml: bool,
-    bad: np.ndarray,
-) -> np.ndarray:
-    """``C = B Kk`` (``B = Ã S``) on the rows of the remaining terms, ``(m, qr, dr)``.
-
-    For REML ``Kk = K = Ω̃⁻¹`` and ``S B = S Ã S = Ω̃ − J`` (``J`` the identity on those rows),
-    so ``C = S⁻¹(I − J K)`` without a product, where every θ of the rest is clear of 0 (the
-    division loses ``ε/θ²`` relative); the other features take the product.
-    """
-    m, dr = A_t.shape[:2]
-    direct = _direct(scale, qr, reml, bad)
-    C = np.negative(Kk[:, :qr, :], out=_scratch("C", (m, qr, dr)))
-    C[:, np.arange(qr), np.arange(qr)] += 1.0
-    C /= np.where(direct[:, None], scale[:, :qr], 1.0)[:, :, None]
-    rest = np.flatnonzero(~direct)
-    if rest.size:
-        C[rest] = (A_t[rest, :qr] * scale[rest, None, :]) @ Kk[rest]
-    return C
-
-
-def _rest_block(
-    C: np.ndarray,
-    A_t: np.ndarray,
-    Kk: np.ndarray,
-    Om: np.ndarray,
-    scale: np.ndarray,
-    qr: int,
-    reml: bool,
-    bad: np.ndarray,
-) -> np.ndarray:
-    """``H = C B' = B Kk B'`` on the remaining terms, ``(m, qr, qr)``.
-
-    For REML ``S H S = (Ω̃ − J) K (Ω̃ − J) = Ω̃ − 2J + JKJ`` (see :func:`_rest_rows`).
-    """
-    m = A_t.shape[0]
-    direct = _direct(scale, qr, reml, bad)
-    s = np.where(direct[:, None], scale[:, :qr], 1.0)
-    H = np.add(Om[:, :qr, :qr], Kk[:, :qr, :qr], out=_scratch("H", (m, qr, qr)))
-    H[:, np.arange(qr), np.arange(qr)] -= 2.0
-    H /= s[:, :, None] * s[:, None, :]
-    rest = np.flatnonzero(~direct)
-    if rest.size:
-        B_rest = A_t[rest, :qr] * scale[rest, None, :]
-        H[rest] = C[rest] @ B_rest.transpose(0, 2, 1)
-    return H
 
 
 def estimates(
