@@ -588,6 +588,22 @@ def test_grouped_fixed_effects_are_evaluated_on_the_units():
         lmm.fit_grouped(long, design, "~ peptide + (1|batch)")
 
 
+@pytest.mark.parametrize("n", [6, 60])  # numpy's stacked routine, and LAPACK per matrix
+def test_batched_cholesky_factors_each_matrix_and_flags_the_indefinite(n):
+    from omixed.lmm._objective import _batched_cholesky
+
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(5, n, n))
+    A = X @ X.transpose(0, 2, 1) + n * np.eye(n)
+    A[2, -1, -1] = -1.0  # not positive definite
+    L, ok = _batched_cholesky(A)
+    assert ok.tolist() == [True, True, False, True, True]
+    assert np.isnan(L[2]).all()
+    good = [0, 1, 3, 4]
+    np.testing.assert_allclose(L[good] @ L[good].transpose(0, 2, 1), A[good], rtol=1e-12)
+    assert (np.triu(L[good], 1) == 0).all()
+
+
 @pytest.mark.parametrize("n", [1, 5, 6, 7, 12, 21])
 def test_triangular_inverse_inverts_each_matrix_whatever_the_stack(n):
     from omixed.lmm._objective import triangular_inverse

@@ -93,20 +93,22 @@ def class_sums(rows, member, row_level, row_col, e1, e2, out):
 
 
 @njit(cache=True, nogil=True)
-def derivative_sums(A, Om, K, Kk, W1, W2, Q, scale, term, slot, C_in, H_in, qr, hessian, out):
+def derivative_sums(A, Om, K, Kk, W1, W2, QT, scale, term, slot, C_in, H_in, qr, hessian, out):
     """The traces and quadratic forms of the criterion's derivatives (see ``_objective``).
 
     Per feature, from ``Ã`` (``A``), ``Ω̃`` (``Om``, with its ``+I``), ``K = Ω̃⁻¹``, ``Kk``,
-    ``W₁``, ``W₂``, ``Q = W₁ Kk S`` and the scales ``S``: ``term[i]`` is the term (≥ 1) of
+    ``W₁``, ``W₂``, ``QT = Q' = Kk S W₁`` and the scales ``S``: ``term[i]`` is the term (≥ 1) of
     remaining column ``i < qr``; ``C = Ã S Kk`` and ``H = C S Ã`` on the remaining rows are
     read from ``C_in[slot]``/``H_in[slot]`` where ``slot ≥ 0`` and otherwise follow from ``K``
     (REML with every remaining θ clear of 0: ``C = S⁻¹(I − K)``, ``S H S = Ω̃ − 2I + K``).
     ``out[f]`` receives, per term pair ``(k, k)``: 0 tr(Kk D_a), 1 v'D_a v (diagonals), 2
     tr(Kk D_a Kk D_b), 3 tr(Kk D_ab), 4 v'D_ab v, 5 (D_a v)'K(D_b v).  Term 0 is the eliminated
-    one (its D_0 = −S W₁ S); ``W₂``, ``Q`` and ``H_in`` are read only for the Hessian.
+    one (its D_0 = −S W₁ S); ``W₂``, ``QT`` and ``H_in`` are read only for the Hessian.  The
+    symmetric ``K``, ``Kk``, ``Ω̃``, ``Ã`` and ``W`` are read along rows only.
     """
     m, dr = A.shape[0], A.shape[1]
     k = out.shape[2]
+    v = np.empty(dr)
     Sv = np.empty(dr)
     Bv = np.empty(dr)
     W1Sv = np.empty(dr)
@@ -117,7 +119,8 @@ def derivative_sums(A, Om, K, Kk, W1, W2, Q, scale, term, slot, C_in, H_in, qr, 
         o = out[f]
         o[:] = 0.0
         for i in range(dr):
-            Sv[i] = s[i] * K[f, i, dr - 1]
+            v[i] = K[f, dr - 1, i]
+            Sv[i] = s[i] * v[i]
         for i in range(dr):
             bv, w1 = 0.0, 0.0
             for a in range(k):
@@ -126,11 +129,10 @@ def derivative_sums(A, Om, K, Kk, W1, W2, Q, scale, term, slot, C_in, H_in, qr, 
                 bv += A[f, i, j] * Sv[j]
                 w1 += W1[f, i, j] * Sv[j]
             for j in range(qr):
-                AEv[i, term[j]] += A[f, i, j] * K[f, j, dr - 1]
+                AEv[i, term[j]] += A[f, i, j] * v[j]
             Bv[i], W1Sv[i] = bv, w1
         g = slot[f]
         for i in range(dr):
-            v_i = K[f, i, dr - 1]
             r1 = 0.0
             for j in range(dr):
                 r1 += W1[f, i, j] * Kk[f, i, j] * s[j]
@@ -141,26 +143,27 @@ def derivative_sums(A, Om, K, Kk, W1, W2, Q, scale, term, slot, C_in, H_in, qr, 
             a = term[i]
             c_ii = C_in[g, i, i] if g >= 0 else (1.0 - K[f, i, i]) / s[i]
             o[0, a, a] += 2.0 * c_ii
-            o[1, a, a] += 2.0 * v_i * Bv[i]
+            o[1, a, a] += 2.0 * v[i] * Bv[i]
             if not hessian:
                 continue
             o[3, 0, a] -= 2.0 * r1
-            o[4, 0, a] -= 2.0 * v_i * W1Sv[i]
+            o[4, 0, a] -= 2.0 * v[i] * W1Sv[i]
             csq = 0.0
             for j in range(dr):
                 eye = 1.0 if i == j else 0.0
                 c_ij = C_in[g, i, j] if g >= 0 else (eye - K[f, i, j]) / s[i]
-                csq += c_ij * s[j] * Q[f, j, i]
+                csq += c_ij * s[j] * QT[f, i, j]
                 if j < qr:
                     b = term[j]
-                    c_ji = C_in[g, j, i] if g >= 0 else (eye - K[f, j, i]) / s[j]
                     if g >= 0:
-                        h_ij = H_in[g, i, j]
-                    else:
+                        cc = c_ij * C_in[g, j, i] + Kk[f, i, j] * H_in[g, i, j]
+                    else:  # C_ji from the symmetric K, and H
+                        c_ji = (eye - K[f, i, j]) / s[j]
                         h_ij = (Om[f, i, j] + Kk[f, i, j] - 2.0 * eye) / (s[i] * s[j])
-                    o[2, a, b] += 2.0 * (c_ij * c_ji + Kk[f, i, j] * h_ij)
+                        cc = c_ij * c_ji + Kk[f, i, j] * h_ij
+                    o[2, a, b] += 2.0 * cc
                     o[3, a, b] += 2.0 * Kk[f, i, j] * A[f, i, j]
-                    o[4, a, b] += 2.0 * v_i * A[f, i, j] * K[f, j, dr - 1]
+                    o[4, a, b] += 2.0 * v[i] * A[f, i, j] * v[j]
             o[2, 0, a] -= 2.0 * csq
         if not hessian:
             continue
@@ -169,7 +172,7 @@ def derivative_sums(A, Om, K, Kk, W1, W2, Q, scale, term, slot, C_in, H_in, qr, 
             for j in range(dr):
                 r2 += W2[f, i, j] * Kk[f, i, j] * s[j]
                 w2 += W2[f, i, j] * Sv[j]
-                q2 += Q[f, i, j] * s[j] * Q[f, j, i]
+                q2 += QT[f, j, i] * s[j] * QT[f, i, j]
             o[3, 0, 0] -= s[i] * r2
             o[4, 0, 0] -= Sv[i] * w2
             o[2, 0, 0] += s[i] * q2
