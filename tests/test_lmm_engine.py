@@ -588,6 +588,26 @@ def test_grouped_fixed_effects_are_evaluated_on_the_units():
         lmm.fit_grouped(long, design, "~ peptide + (1|batch)")
 
 
+def test_solutions_per_matrix_equal_those_from_the_inverse():
+    """Large reduced systems solve one matrix at a time without forming the inverse: the same
+    x, SE(β̂) and σ̂² as from the inverse, and a system that fails to factor goes to LU."""
+    from omixed.lmm._objective import solve_leading, solve_reduced
+
+    rng = np.random.default_rng(1)
+    m, n, qr, p = 6, 61, 55, 5
+    X = rng.normal(size=(m, n + 10, n))
+    Om = X.transpose(0, 2, 1) @ X / n
+    Om[3, :qr, :qr] = -3.0 * np.eye(qr)  # indefinite after its + I: not factorable
+    Om[3, :qr, qr:] = Om[3, qr:, :qr] = 0.0
+    n_obs, p_eff = np.full(m, 100.0), np.full(m, float(p))
+    sol, se, sigma2 = solve_reduced(Om.copy(), qr, n_obs, p_eff, True)
+    inv, x, r2 = solve_leading(Om.copy(), qr)
+    np.testing.assert_allclose(sol, x, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sigma2, r2 / (n_obs - p_eff), rtol=1e-10)
+    var = sigma2[:, None] * np.diagonal(inv, axis1=1, axis2=2)[:, qr:]
+    np.testing.assert_allclose(se**2, var, rtol=1e-10)
+
+
 @pytest.mark.parametrize("n", [6, 60])  # numpy's stacked routine, and LAPACK per matrix
 def test_batched_cholesky_factors_each_matrix_and_flags_the_indefinite(n):
     from omixed.lmm._objective import _batched_cholesky

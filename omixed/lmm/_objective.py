@@ -603,11 +603,39 @@ def solve_reduced(
     response's pivot gives ``r²`` and the β block of the leading block's inverse is
     ``Cov(β̂)/σ̂²``.
     """
-    inv, sol, r2 = solve_leading(Om, qr)
+    if Om.shape[1] - 1 >= _LAPACK_FROM:
+        sol, var, r2 = _solve_each(Om, qr)
+    else:
+        inv, sol, r2 = solve_leading(Om, qr)
+        var = np.diagonal(inv, axis1=1, axis2=2)[:, qr:]
     sigma2 = r2 / ((n_obs - p_eff) if reml else n_obs)
     # A numerically singular system (θ → ∞ with σ² → 0) can give a negative variance: no SE.
-    var_beta = sigma2[:, None] * np.diagonal(inv, axis1=1, axis2=2)[:, qr:]
+    var_beta = sigma2[:, None] * var
     return sol, np.sqrt(np.where(var_beta >= 0.0, var_beta, np.nan)), sigma2
+
+
+def _solve_each(Om: np.ndarray, qr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`solve_leading`'s ``x`` and ``r²`` and the β block's diagonal of ``P``, per matrix.
+
+    With ``L`` the leading block's Cholesky factor, ``x`` takes two triangular solves and the β
+    block of ``P`` is ``(L₂₂ L₂₂')⁻¹`` (``L₂₂`` its trailing block), so ``P`` itself is never
+    formed.  What fails to factor is inverted by LU, as in :func:`solve_leading`.
+    """
+    idx = np.arange(qr)
+    Om[:, idx, idx] += 1.0
+    m, n = Om.shape[0], Om.shape[1] - 1
+    sol, var = np.empty((m, n)), np.empty((m, n - qr))
+    for i in range(m):
+        lead, rhs = Om[i, :-1, :-1], Om[i, :-1, -1]
+        L, info = lapack.dpotrf(lead, lower=1, clean=1)
+        if info:
+            inv = np.linalg.inv(lead)
+            sol[i], var[i] = inv @ rhs, np.diagonal(inv)[qr:]
+            continue
+        sol[i] = lapack.dpotrs(L, rhs, lower=1)[0]
+        var[i] = (lapack.dtrtri(L[qr:, qr:], lower=1)[0] ** 2).sum(axis=0)
+    r2 = Om[:, -1, -1] - np.einsum("mi,mi->m", Om[:, -1, :-1], sol)
+    return sol, var, r2
 
 
 def solve_leading(Om: np.ndarray, qr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
