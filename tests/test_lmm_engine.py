@@ -276,13 +276,21 @@ def test_criterion_of_many_features_equals_one_at_a_time(monkeypatch):
 
 
 @pytest.mark.parametrize("reml", [True, False])
-def test_criterion_with_the_remaining_terms_at_zero(crossed, reml):
+@pytest.mark.parametrize(
+    "layout",
+    [
+        Layout((8, 4), 2, count_classes=3),  # count classes
+        Layout((8, 4), 2, dense_rows=True),  # term 1's rows dense
+        Layout((8, 4), 2),  # ... or at the places the data reach
+    ],
+)
+def test_criterion_with_the_remaining_terms_at_zero(crossed, reml, layout):
     """θ of the remaining terms all 0 factors the fixed-effects block alone: the same criterion
     as the full system (evaluated beside a feature that needs it) and, with every θ at 0, the
     least-squares fit's criterion computed by hand."""
     design, Y = crossed
     A, n = _crossed_cross_products(Y, design)
-    red = reduce(cross_from_dense(A, 8), Layout((8, 4), 2, count_classes=3))
+    red = reduce(cross_from_dense(A, 8), layout)
     p = np.full(4, 2.0)
     theta = np.array([[0.0, 0.0], [0.8, 0.0], [1.7, 0.0], [0.0, 0.0]])
     alone, _, _ = criterion(theta, red, n, p, reml=reml)

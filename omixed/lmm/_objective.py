@@ -221,6 +221,20 @@ class Reduced:
         """``A_rr − Σ_i s_i a_i a_i'``: the rest of ``A`` after eliminating term 1 with ``s``."""
         return self.A - self.weighted(s[:, None, :])[:, 0]
 
+    def eliminated_tail(self, s: np.ndarray, start: int) -> np.ndarray:
+        """:meth:`eliminated` on the rows and columns from ``start`` on only."""
+        m, dr = self.A.shape[:2]
+        t = dr - start
+        if self.G is not None:
+            G = self.G.reshape(m, -1, dr, dr)[:, :, start:, start:].reshape(m, -1, t * t)
+            W = np.matmul(s[:, None, :], G).reshape(m, t, t)
+        elif self.B is not None:
+            B = self.B[:, :, start:]
+            W = np.matmul(B.transpose(0, 2, 1) * s[:, None, :], B)
+        else:
+            W = self.weighted(s[:, None, :])[:, 0, start:, start:]
+        return self.A[:, start:, start:] - W
+
 
 def reduce(cross: Cross, layout: Layout) -> Reduced:
     """Term 1's counts and its rows (or their products), by count class or by level.
@@ -465,20 +479,24 @@ def _criterion(
         c = red.counts
         sq = t1**2 * c
         den = 1.0 + sq
+        ell = (red.mult * np.log(den)).sum(axis=1)
         # s = θ₁²/(1 + θ₁²c) and, as the order asks, ∂s/∂θ₁ and ∂²s/∂θ₁², weighted at once.
         s = [t1**2 / den, 2.0 * t1 / den**2, 2.0 * (1.0 - 3.0 * sq) / den**3][: order + 1]
+    else:
+        ell = np.zeros(m)
+    if order == 0 and qr and not scale[:, :qr].any():
+        # The remaining terms at θ = 0 (every fit checks that boundary): their columns of Ω̃
+        # are the identity beside the fixed-effects block, so only that block is formed.
+        tail = red.eliminated_tail(s[0], qr) if k else red.A[:, qr:, qr:]
+        return factor_criterion(tail, 0, ell, n_obs, p_eff, reml)[0], None, None
+    if k:
         W = red.weighted(np.stack(s, axis=1), _scratch)
         A_t = np.subtract(red.A, W[:, 0], out=W[:, 0])  # W₀ is not needed again
-        ell = (red.mult * np.log(den)).sum(axis=1)
     else:
-        A_t, ell = red.A, np.zeros(m)
+        A_t = red.A
 
     Om = np.multiply(A_t, scale[:, None, :], out=_scratch("Om", square))
     Om *= scale[:, :, None]  # S Ã S
-    if order == 0 and qr and not scale[:, :qr].any():
-        # The remaining terms at θ = 0 (every fit checks that boundary): their columns of Ω̃
-        # are the identity beside the fixed-effects block, so only that block is factored.
-        return factor_criterion(Om[:, qr:, qr:], 0, ell, n_obs, p_eff, reml)[0], None, None
     crit, L, r2, bad = factor_criterion(Om, qr, ell, n_obs, p_eff, reml)
     nu = n_obs - p_eff
     if order == 0:
