@@ -99,40 +99,53 @@ def derivative_sums(A, Om, K, Kk, W1, W2, QT, scale, term, slot, C_in, H_in, qr,
 
     Per feature, from ``Ã`` (``A``), ``Ω̃`` (``Om``, with its ``+I``), ``K = Ω̃⁻¹``, ``Kk``,
     ``W₁``, ``W₂``, ``QT = Q' = Kk S W₁`` and the scales ``S``: ``term[i]`` is the term (≥ 1) of
-    remaining column ``i < qr``; ``C = Ã S Kk`` and ``H = C S Ã`` on the remaining rows are
-    read from ``C_in[slot]``/``H_in[slot]`` where ``slot ≥ 0`` and otherwise follow from ``K``
-    (REML with every remaining θ clear of 0: ``C = S⁻¹(I − K)``, ``S H S = Ω̃ − 2I + K``).
-    ``out[f]`` receives, per term pair ``(k, k)``: 0 tr(Kk D_a), 1 v'D_a v (diagonals), 2
-    tr(Kk D_a Kk D_b), 3 tr(Kk D_ab), 4 v'D_ab v, 5 (D_a v)'K(D_b v).  Term 0 is the eliminated
-    one (its D_0 = −S W₁ S); ``W₂``, ``QT`` and ``H_in`` are read only for the Hessian.  The
-    symmetric ``K``, ``Kk``, ``Ω̃``, ``Ã`` and ``W`` are read along rows only.
+    remaining column ``i < qr`` (each term's columns together, in order); ``C = Ã S Kk`` and
+    ``H = C S Ã`` on the remaining rows are read from ``C_in[slot]``/``H_in[slot]`` where
+    ``slot ≥ 0`` and otherwise follow from ``K`` (REML with every remaining θ clear of 0:
+    ``C = S⁻¹(I − K)``, ``S H S = Ω̃ − 2I + K``).  ``out[f]`` receives, per term pair
+    ``(k, k)``: 0 tr(Kk D_a), 1 v'D_a v (diagonals), 2 tr(Kk D_a Kk D_b), 3 tr(Kk D_ab),
+    4 v'D_ab v, 5 (D_a v)'K(D_b v).  Term 0 is the eliminated one (its D_0 = −S W₁ S); ``W₂``,
+    ``QT`` and ``H_in`` are read only for the Hessian.  The symmetric ``K``, ``Kk``, ``Ω̃``,
+    ``Ã`` and ``W`` are read along rows only, and every inner loop runs over one term's
+    contiguous columns without branches.
     """
     m, dr = A.shape[0], A.shape[1]
     k = out.shape[2]
+    lo = np.zeros(k, dtype=np.int64)  # term b's columns are lo[b]:hi[b]
+    hi = np.zeros(k, dtype=np.int64)
+    for j in range(qr - 1, -1, -1):
+        lo[term[j]] = j
+    for j in range(qr):
+        hi[term[j]] = j + 1
     v = np.empty(dr)
     Sv = np.empty(dr)
+    inv_s = np.ones(dr)
     Bv = np.empty(dr)
     W1Sv = np.empty(dr)
-    AEv = np.empty((dr, k))
+    AEv = np.zeros((dr, k))
     Dv = np.empty((k, dr))
     for f in range(m):
         s = scale[f]
         o = out[f]
         o[:] = 0.0
+        g = slot[f]
         for i in range(dr):
             v[i] = K[f, dr - 1, i]
             Sv[i] = s[i] * v[i]
+        if g < 0:  # every remaining θ is clear of 0 here
+            for i in range(qr):
+                inv_s[i] = 1.0 / s[i]
         for i in range(dr):
             bv, w1 = 0.0, 0.0
-            for a in range(k):
-                AEv[i, a] = 0.0
             for j in range(dr):
                 bv += A[f, i, j] * Sv[j]
                 w1 += W1[f, i, j] * Sv[j]
-            for j in range(qr):
-                AEv[i, term[j]] += A[f, i, j] * v[j]
             Bv[i], W1Sv[i] = bv, w1
-        g = slot[f]
+            for b in range(1, k):
+                x = 0.0
+                for j in range(lo[b], hi[b]):
+                    x += A[f, i, j] * v[j]
+                AEv[i, b] = x
         for i in range(dr):
             r1 = 0.0
             for j in range(dr):
@@ -142,7 +155,7 @@ def derivative_sums(A, Om, K, Kk, W1, W2, QT, scale, term, slot, C_in, H_in, qr,
             if i >= qr:
                 continue
             a = term[i]
-            c_ii = C_in[g, i, i] if g >= 0 else (1.0 - K[f, i, i]) / s[i]
+            c_ii = C_in[g, i, i] if g >= 0 else (1.0 - K[f, i, i]) * inv_s[i]
             o[0, a, a] += 2.0 * c_ii
             o[1, a, a] += 2.0 * v[i] * Bv[i]
             if not hessian:
@@ -150,22 +163,34 @@ def derivative_sums(A, Om, K, Kk, W1, W2, QT, scale, term, slot, C_in, H_in, qr,
             o[3, 0, a] -= 2.0 * r1
             o[4, 0, a] -= 2.0 * v[i] * W1Sv[i]
             csq = 0.0
-            for j in range(dr):
-                eye = 1.0 if i == j else 0.0
-                c_ij = C_in[g, i, j] if g >= 0 else (eye - K[f, i, j]) / s[i]
-                csq += c_ij * s[j] * QT[f, i, j]
-                if j < qr:
-                    b = term[j]
-                    if g >= 0:
-                        cc = c_ij * C_in[g, j, i] + Kk[f, i, j] * H_in[g, i, j]
-                    else:  # C_ji from the symmetric K, and H
-                        c_ji = (eye - K[f, i, j]) / s[j]
-                        h_ij = (Om[f, i, j] + Kk[f, i, j] - 2.0 * eye) / (s[i] * s[j])
-                        cc = c_ij * c_ji + Kk[f, i, j] * h_ij
-                    o[2, a, b] += 2.0 * cc
-                    o[3, a, b] += 2.0 * Kk[f, i, j] * A[f, i, j]
-                    o[4, a, b] += 2.0 * v[i] * A[f, i, j] * v[j]
+            if g >= 0:
+                for j in range(dr):
+                    csq += C_in[g, i, j] * s[j] * QT[f, i, j]
+            else:  # C_ij = (δ_ij − K_ij)/s_i
+                for j in range(dr):
+                    csq -= K[f, i, j] * s[j] * QT[f, i, j]
+                csq = (csq + s[i] * QT[f, i, i]) * inv_s[i]
             o[2, 0, a] -= 2.0 * csq
+            for b in range(1, k):
+                t2, t3, t4 = 0.0, 0.0, 0.0
+                if g >= 0:
+                    for j in range(lo[b], hi[b]):
+                        kk = Kk[f, i, j]
+                        t2 += C_in[g, i, j] * C_in[g, j, i] + kk * H_in[g, i, j]
+                        t3 += kk * A[f, i, j]
+                        t4 += A[f, i, j] * v[j]
+                else:  # K symmetric, S H S = Ω̃ − 2I + K: the identity's part follows
+                    for j in range(lo[b], hi[b]):
+                        kk = K[f, i, j]
+                        t2 += kk * (2.0 * kk + Om[f, i, j]) * inv_s[j]
+                        t3 += kk * A[f, i, j]
+                        t4 += A[f, i, j] * v[j]
+                    t2 *= inv_s[i]
+                    if b == a:
+                        t2 += (1.0 - 4.0 * K[f, i, i]) * inv_s[i] * inv_s[i]
+                o[2, a, b] += 2.0 * t2
+                o[3, a, b] += 2.0 * t3
+                o[4, a, b] += 2.0 * v[i] * t4
         if not hessian:
             continue
         for i in range(dr):
@@ -177,12 +202,13 @@ def derivative_sums(A, Om, K, Kk, W1, W2, QT, scale, term, slot, C_in, H_in, qr,
             o[3, 0, 0] -= s[i] * r2
             o[4, 0, 0] -= Sv[i] * w2
             o[2, 0, 0] += s[i] * q2
-        for a in range(k):
-            for i in range(dr):
-                if a == 0:
-                    Dv[0, i] = -s[i] * W1Sv[i]
-                else:
-                    Dv[a, i] = (Bv[i] if i < qr and term[i] == a else 0.0) + s[i] * AEv[i, a]
+        for i in range(dr):
+            Dv[0, i] = -s[i] * W1Sv[i]
+            for b in range(1, k):
+                Dv[b, i] = s[i] * AEv[i, b]
+        for b in range(1, k):
+            for i in range(lo[b], hi[b]):
+                Dv[b, i] += Bv[i]
         for a in range(k):
             for i in range(dr):
                 kd = 0.0
@@ -191,5 +217,5 @@ def derivative_sums(A, Om, K, Kk, W1, W2, QT, scale, term, slot, C_in, H_in, qr,
                 for b in range(k):
                     o[5, b, a] += Dv[b, i] * kd
         for x in (2, 3, 4):
-            for a in range(1, k):
-                o[x, a, 0] = o[x, 0, a]
+            for b in range(1, k):
+                o[x, b, 0] = o[x, 0, b]
