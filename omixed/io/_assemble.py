@@ -26,6 +26,9 @@ CONTAMINANT_PREFIXES = ("CON__", "contam_", "cRAP-", "Cont_")
 DECOY_PREFIXES = ("REV__", "rev_", "DECOY_", "decoy_")
 
 _RUN_SUFFIXES = re.compile(r"(\.(raw|mzml|mzxml|wiff|wiff2|d|dia|mgf|gz))+$", re.IGNORECASE)
+# modifications as the tools write them inside a sequence ("[+57.02]", "(ox)"), and anything
+# that is not a residue letter
+_MODIFICATION = re.compile(r"\[[^]]*\]|\([^)]*\)|[^A-Z]")
 
 
 def run_name(file: str) -> str:
@@ -40,6 +43,19 @@ def prefixed(ids: pd.Series, prefixes: Sequence[str]) -> np.ndarray:
         return np.zeros(len(ids), dtype=bool)
     pattern = "(?:^|;)\\s*(?:" + "|".join(re.escape(p) for p in prefixes) + ")"
     return ids.fillna("").astype(str).str.contains(pattern, regex=True).to_numpy()
+
+
+def strip_modifications(sequences: pd.Series) -> pd.Series:
+    """Bare peptide sequences: modifications in ``[...]`` or ``(...)`` and non-residues removed."""
+    return sequences.map(lambda s: _MODIFICATION.sub("", s))
+
+
+def precursor_key(var: pd.DataFrame) -> pd.Series:
+    """``"<modified_sequence>/<charge>"`` per feature (the sequence alone without a charge)."""
+    key = var["modified_sequence"].astype(str)
+    if "charge" in var:
+        key = key + "/" + var["charge"].astype(int).astype(str)
+    return key
 
 
 def all_prefixed(ids: pd.Series, prefixes: Sequence[str]) -> np.ndarray:
@@ -95,6 +111,13 @@ class Reading:
     ) -> pd.DataFrame:
         """Drop rows with an id (of ';'-separated ``ids``) starting with one of ``prefixes``."""
         return self.drop(frame, prefixed(ids, prefixes), reason)
+
+    def drop_flagged(
+        self, frame: pd.DataFrame, decoys: Sequence[str], contaminants: Sequence[str]
+    ) -> pd.DataFrame:
+        """Drop rows whose proteins are all decoys, then rows with a contaminant protein."""
+        frame = self.drop(frame, all_prefixed(frame["protein"], tuple(decoys)), "decoy")
+        return self.drop_prefixed(frame, frame["protein"], tuple(contaminants), "contaminant")
 
     def keep_at_most(self, frame: pd.DataFrame, column: str, threshold: float) -> pd.DataFrame:
         """Keep rows with ``column`` ≤ ``threshold`` (a q-value filter); others are counted."""

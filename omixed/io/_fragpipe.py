@@ -7,14 +7,12 @@ import os
 from collections.abc import Sequence
 from typing import Literal
 
-import pandas as pd
 from anndata import AnnData
 
 from ._assemble import (
     CONTAMINANT_PREFIXES,
     DECOY_PREFIXES,
     Reading,
-    all_prefixed,
     choose_level,
     run_name,
     sum_features,
@@ -158,7 +156,7 @@ def read_fragpipe(
     frame = frame.rename(columns={c: k for k, c in names.items()})
     frame = frame.rename(columns={"Modified Sequence": "modified_sequence", "Charge": "charge"})
     frame = reading.drop_missing(frame, "protein", "protein")
-    frame = _drop_flagged(frame, contaminants, tuple(decoy_prefixes), reading)
+    frame = reading.drop_flagged(frame, decoy_prefixes, contaminants)
     var = frame[[c for c in frame.columns if c not in samples.values()]]
     adata = wide_to_anndata(frame, samples, var, source=path)
     return _finish(adata, kind, level, quantity, path, reading)
@@ -187,13 +185,6 @@ def _detect_kind(header: Header) -> Kind | None:
     if header.has("Protein Probability") or header.has("Indistinguishable Proteins"):
         return "combined_protein"
     return None
-
-
-def _drop_flagged(
-    frame: pd.DataFrame, contaminants: tuple[str, ...], decoys: tuple[str, ...], reading: Reading
-) -> pd.DataFrame:
-    frame = reading.drop(frame, all_prefixed(frame["protein"], decoys), "decoy")
-    return reading.drop_prefixed(frame, frame["protein"], contaminants, "contaminant")
 
 
 def _finish(
@@ -251,7 +242,7 @@ def _read_psm(
     reading.rows_read = len(frame)
     frame = frame.rename(columns={c: k for k, c in names.items()})
     frame = reading.drop_missing(frame, "protein", "protein")
-    frame = _drop_flagged(frame, contaminants, decoys, reading)
+    frame = reading.drop_flagged(frame, decoys, contaminants)
     # Spectrum is "<run>.<scan>.<scan>.<charge>"
     frame["run"] = frame["spectrum"].str.rsplit(".", n=3).str[0].map(run_name)
     if "modified_sequence" not in frame:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -16,6 +15,8 @@ from ._assemble import (
     finish_level,
     load_columns,
     per_run,
+    precursor_key,
+    strip_modifications,
     unrecognised,
 )
 from ._long import long_to_anndata, unique_names
@@ -90,9 +91,7 @@ def read_msstats(
         frame = reading.drop(frame, frame["label"].ne(label).to_numpy(), f"label not {label!r}")
     prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
     frame = reading.drop_prefixed(frame, frame["protein"], prefixes, "contaminant")
-    frame["peptide"] = frame["modified_sequence"].map(
-        lambda s: re.sub(r"\[[^]]*\]|\([^)]*\)|[^A-Z]", "", s)
-    )
+    frame["peptide"] = strip_modifications(frame["modified_sequence"])
     feature = ["modified_sequence", "charge"] + (["label"] if label is None else [])
     if "fragment" in frame and frame["fragment"].notna().any():
         reading.note("fragment rows summed per precursor and run")
@@ -108,7 +107,7 @@ def read_msstats(
         source=path,
     )
     per_run(adata, frame, "run", ["condition", "bio_replicate", "reference"])
-    key = adata.var["modified_sequence"] + "/" + adata.var["charge"].astype(int).astype(str)
+    key = precursor_key(adata.var)
     if label is None:
         key = key + "/" + adata.var["label"].astype(str)
     adata.var_names = unique_names(key, adata.var["protein"], source=path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -13,10 +12,11 @@ from ._assemble import (
     CONTAMINANT_PREFIXES,
     DECOY_PREFIXES,
     Reading,
-    all_prefixed,
     finish_level,
     load_columns,
+    precursor_key,
     run_name,
+    strip_modifications,
     unrecognised,
     wide_to_anndata,
 )
@@ -89,17 +89,12 @@ def read_peaks(
         numeric=("charge",),
         reading=reading,
     )
-    frame = reading.drop(frame, all_prefixed(frame["protein"], tuple(decoy_prefixes)), "decoy")
-    prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
-    frame = reading.drop_prefixed(frame, frame["protein"], prefixes, "contaminant")
-    # PEAKS writes modifications as "(+15.99)" inside the sequence
-    frame["peptide"] = frame["modified_sequence"].map(lambda s: re.sub(r"\([^)]*\)|[^A-Z]", "", s))
+    contaminants = contaminant_prefixes if drop_contaminants else ()
+    frame = reading.drop_flagged(frame, decoy_prefixes, contaminants)
+    frame["peptide"] = strip_modifications(frame["modified_sequence"])  # PEAKS: "(+15.99)"
     var = frame[[c for c in ("protein", "peptide", "modified_sequence", "charge") if c in frame]]
     adata = wide_to_anndata(frame, samples, var, source=path)
-    key = adata.var["modified_sequence"].astype(str)
-    if "charge" in adata.var:
-        key = key + "/" + adata.var["charge"].astype(int).astype(str)
-    adata.var_names = unique_names(key, adata.var["protein"], source=path)
+    adata.var_names = unique_names(precursor_key(adata.var), adata.var["protein"], source=path)
     return finish_level(adata, level, reading, value=chosen.strip(), source=path)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -16,7 +15,9 @@ from ._assemble import (
     all_prefixed,
     finish_level,
     load_columns,
+    precursor_key,
     run_name,
+    strip_modifications,
     unrecognised,
     wide_to_anndata,
 )
@@ -90,13 +91,10 @@ def read_sage(
     prefixes = tuple(contaminant_prefixes) if drop_contaminants else ()
     frame = reading.drop_prefixed(frame, frame["protein"], prefixes, "contaminant")
     frame["modified_sequence"] = frame["peptide"]
-    frame["peptide"] = frame["peptide"].map(lambda s: re.sub(r"\[[^]]*\]|[^A-Z]", "", s))
+    frame["peptide"] = strip_modifications(frame["peptide"])
     var = frame[[c for c in ("protein", "peptide", "modified_sequence", "charge") if c in frame]]
     adata = wide_to_anndata(frame, samples, var, source=path)
-    key = adata.var["modified_sequence"].astype(str)
-    if "charge" in adata.var:
-        key = key + "/" + adata.var["charge"].astype(int).astype(str)
-    adata.var_names = unique_names(key, adata.var["protein"], source=path)
+    adata.var_names = unique_names(precursor_key(adata.var), adata.var["protein"], source=path)
     return finish_level(adata, level, reading, value="Sage intensity", source=path)
 
 
