@@ -498,17 +498,15 @@ def _criterion(
     Om = np.multiply(A_t, scale[:, None, :], out=_scratch("Om", square))
     Om *= scale[:, :, None]  # S Ã S
     crit, L, r2, bad = factor_criterion(Om, qr, ell, n_obs, p_eff, reml)
-    nu = n_obs - p_eff
     if order == 0:
         return crit, None, None
+    if not k:
+        return crit, np.zeros((m, 0)), (np.zeros((m, 0, 0)) if order == 2 else None)
 
     K, Kk = factor_inverses(L, bad, qr, reml, _scratch)
     del L  # a large single fit holds a few dense (dr, dr) arrays at most
     r2 = np.where(bad, 1.0, r2)
-    w = (nu - 1.0) if reml else n_obs.astype(np.float64)
-
-    if not k:
-        return crit, np.zeros((m, 0)), (np.zeros((m, 0, 0)) if order == 2 else None)
+    w = (n_obs - p_eff - 1.0) if reml else n_obs.astype(np.float64)
 
     # The derivatives' traces and quadratic forms (module notes), one compiled pass per
     # feature: every D_a of a remaining term is E_a B + B'E_a (B = Ã S, E_a: diagonal 0/1 of
