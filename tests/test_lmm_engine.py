@@ -108,6 +108,25 @@ def test_residual_variance_tending_to_zero_is_flagged():
     assert not res.converged.iloc[0]
 
 
+def test_residual_variance_below_double_precision_is_flagged():
+    # Found by a long fuzz run: one residual degree of freedom, two replicates (rows 1 and 4)
+    # that agree to 6.5e-6 relative, so σ̂ → 0 and θ̂ ≈ 1.4e5.  r² is then ~4e-11 of y'y and
+    # the criterion is rounding noise: the same data shifted by a constant stopped 2e-4 away.
+    data = pd.DataFrame(
+        {"batch": ["b0", "b2", "b1", "b1", "b2"], "condition": ["t", "t", "c", "t", "t"]}
+    )
+    y = np.array([-9.99382611e-07, 3.82543586e-06, 4.56641174e-07, 3.89410155e-07, 3.82541117e-06])
+    formula = "~ condition + (1|batch)"
+    for shift in (0.0, 4.2e-5):
+        res = lmm.fit(y[:, None] + shift, data, formula)
+        assert not res.converged.iloc[0]
+        assert res.reason.iloc[0].startswith("residual variance below 1e-9")
+    # Replicates that differ at the 20 % level leave a resolvable residual: fit as usual.
+    y[4] = 3.0e-6
+    res = lmm.fit(y[:, None], data, formula)
+    assert res.converged.iloc[0] and res.reason.iloc[0] == ""
+
+
 def test_rank_deficient_feature_matches_fit_without_that_column():
     design = crossed_design()
     Y = simulate(design, n_features=3)

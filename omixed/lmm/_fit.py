@@ -423,6 +423,7 @@ def singleton_terms(Y: np.ndarray, spec: ModelSpec, order: np.ndarray) -> np.nda
     return out
 
 
+_EXACT = 1e-9  # residual sum of squares, relative to the response's, treated as exact 0
 _FLAT = 1e-10  # relative criterion change below which a variance is not identified
 
 
@@ -434,18 +435,17 @@ def _prefer_boundary(objective, opt) -> None:
     wherever it started; the boundary is the one answer that does not depend on the start or
     on the order of the rows.
     """
-    every = np.arange(opt.theta.shape[0])
     for j in range(opt.theta.shape[1]):
         inside = np.flatnonzero(opt.theta[:, j] > 0)
         if not inside.size:
             continue
-        trial = opt.theta.copy()
-        trial[inside, j] = 0.0
-        f_j, _, _ = objective(trial, every, 0)
-        flat = np.zeros(every.size, dtype=bool)
-        flat[inside] = f_j[inside] <= opt.fmin[inside] + _FLAT * (1.0 + np.abs(opt.fmin[inside]))
-        opt.theta[flat, j] = 0.0
-        opt.fmin[flat] = np.minimum(f_j[flat], opt.fmin[flat])
+        trial = opt.theta[inside]
+        trial[:, j] = 0.0
+        f_j, _, _ = objective(trial, inside, 0)
+        fmin = opt.fmin[inside]
+        flat = f_j <= fmin + _FLAT * (1.0 + np.abs(fmin))
+        opt.theta[inside[flat], j] = 0.0
+        opt.fmin[inside[flat]] = np.minimum(f_j[flat], fmin[flat])
 
 
 def _levels_seen(cross: Cross, design: Design) -> np.ndarray:
@@ -583,6 +583,16 @@ def _fit_features(
     blup = np.full((m, q), np.nan)
     sigma2 = np.full(m, np.nan)
     beta[rows], se[rows], blup[rows], sigma2[rows] = est
+    # As with the fixed effects alone (prepare), a penalized residual sum of squares below
+    # 1e-9 of the response's is beyond what the cross-products resolve: the criterion there
+    # is rounding noise, and θ̂ (σ̂ → 0) with it.
+    with np.errstate(invalid="ignore"):
+        tiny = sigma2 * ((n_obs - p_eff) if reml else n_obs) < _EXACT * cross.rest[:, -1, -1]
+    nearly_exact = ok & converged & tiny
+    converged[nearly_exact] = False
+    reason[nearly_exact] = (
+        "residual variance below 1e-9 of the values' (random effects fit them almost exactly)"
+    )
     no_se = ok & converged & np.any(np.isnan(se) & ~dropped, axis=1)
     converged[no_se] = False
     reason[no_se] = "standard errors not computable (numerically singular fit)"
