@@ -215,8 +215,12 @@ def test_protein_table_is_ready_for_a_batch_model():
     omixed.pp.log_transform(adata)
     adata.obs["condition"] = [name.split("_")[0] for name in adata.obs_names]
     adata.obs["batch"] = ["b1", "b2", "b3"] * 3
-    omixed.tl.fit(adata, "~ condition + (1|batch)", progress=False)
+    # 3 proteins have fewer than 4 values in these 9 samples: said once, each flagged.
+    with pytest.warns(UserWarning, match="3 of 20 features were not fit"):
+        omixed.tl.fit(adata, "~ condition + (1|batch)", progress=False)
     assert adata.uns["lmm"]["formula"] == "~ condition + (1|batch)"
+    few = adata.var["lmm_reason"].str.startswith("fewer observations")
+    assert few.sum() == 3 and (np.isfinite(adata.X).sum(axis=0)[few.to_numpy()] < 4).all()
 
 
 # --------------------------------------------------------------------------- DIA-NN
