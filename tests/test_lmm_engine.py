@@ -518,22 +518,112 @@ def test_scalar_terms_on_one_factor_fit_as_in_the_closed_form_path(reml):
     np.testing.assert_allclose(res.blup["Subject.Days"], slope, rtol=1e-6, atol=1e-6)
 
 
-def test_moment_starts_are_the_reml_estimate_of_a_balanced_one_way_design():
-    """Balanced one-way data: the ANOVA estimator is REML's optimum when it is positive."""
+def _starts_of(Y: np.ndarray, data: pd.DataFrame, formula: str, henderson: bool) -> pd.DataFrame:
+    """Moment starts in formula order: Henderson's method III, or the one-way estimates."""
     from omixed.lmm._fit import prepare
     from omixed.lmm._starts import moment_starts
 
+    design = plan_design(lmm.build_spec(data, formula))
+    prep = prepare(np.ascontiguousarray(Y.T), design)
+    red = reduce(prep.cross, design.layout) if henderson else None
+    start = moment_starts(prep.cross, design.layout, prep.n_obs, red)
+    return pd.DataFrame(start, columns=list(design.term_names))
+
+
+@pytest.mark.parametrize("henderson", [True, False])
+def test_moment_starts_are_the_reml_estimate_of_a_balanced_one_way_design(henderson):
+    """Balanced one-way data: the ANOVA estimator is REML's optimum when it is positive."""
     rng = np.random.default_rng(5)
     data = pd.DataFrame({"g": np.repeat([f"g{i}" for i in range(8)], 5)})
     Y = rng.normal(size=(8, 30)).repeat(5, axis=0) + rng.normal(size=(40, 30))
     res = lmm.fit(Y, data, "~ 1 + (1|g)")
-    design = plan_design(lmm.build_spec(data, "~ 1 + (1|g)"))
-    prep = prepare(np.ascontiguousarray(Y.T), design)
-    start = moment_starts(prep.cross, design.layout, prep.n_obs)[:, 0]
+    start = _starts_of(Y, data, "~ 1 + (1|g)", henderson)["g"].to_numpy()
     positive = res.theta["g"].to_numpy() > 0
     assert positive.sum() >= 20
     np.testing.assert_allclose(start[positive], res.theta["g"].to_numpy()[positive], rtol=1e-6)
     assert np.all(start[~positive] == 0.0)
+
+
+def test_henderson_starts_are_the_anova_estimates_of_a_balanced_crossed_design():
+    """One value per donor × batch cell: the two-way ANOVA estimators, computed by hand here,
+    are Henderson's method III, and REML's optimum where both are positive."""
+    rng = np.random.default_rng(11)
+    n_donor, n_batch, m = 9, 6, 40
+    donor, batch = np.divmod(np.arange(n_donor * n_batch), n_batch)
+    data = pd.DataFrame({"donor": [f"d{i}" for i in donor], "batch": [f"b{j}" for j in batch]})
+    Y = (
+        rng.normal(size=(n_donor, m))[donor] * rng.uniform(0.2, 1.5, m)
+        + rng.normal(size=(n_batch, m))[batch] * rng.uniform(0.2, 1.5, m)
+        + rng.normal(size=(donor.size, m))
+    )
+    cube = Y.reshape(n_donor, n_batch, m)
+    grand = cube.mean(axis=(0, 1))
+    donor_means, batch_means = cube.mean(axis=1), cube.mean(axis=0)
+    ms_donor = n_batch * ((donor_means - grand) ** 2).sum(axis=0) / (n_donor - 1)
+    ms_batch = n_donor * ((batch_means - grand) ** 2).sum(axis=0) / (n_batch - 1)
+    resid = cube - donor_means[:, None] - batch_means[None] + grand
+    ms_error = (resid**2).sum(axis=(0, 1)) / ((n_donor - 1) * (n_batch - 1))
+    anova = pd.DataFrame(
+        {
+            "donor": np.sqrt(np.maximum(ms_donor - ms_error, 0) / n_batch / ms_error),
+            "batch": np.sqrt(np.maximum(ms_batch - ms_error, 0) / n_donor / ms_error),
+        }
+    )
+    formula = "~ 1 + (1|donor) + (1|batch)"
+    start = _starts_of(Y, data, formula, henderson=True)[["donor", "batch"]]
+    np.testing.assert_allclose(start, anova, rtol=1e-7, atol=1e-12)
+    fit = lmm.fit(Y, data, formula).theta[["donor", "batch"]]
+    positive = (anova > 0).all(axis=1).to_numpy()
+    assert positive.sum() >= 30
+    np.testing.assert_allclose(fit[positive], anova[positive], rtol=1e-5)
+
+
+def test_henderson_starts_equal_method_iii_from_explicit_projections():
+    """Unbalanced crossed design with missing values: each term's reduction R(g | others) and
+    tr(Z_g'MZ_g), computed here from dense projections of the observed rows (independent of
+    the cross-products), give the starts; the one-way estimates do not."""
+    rng = np.random.default_rng(12)
+    n, n_donor, n_batch, m = 120, 30, 8, 25
+    data = pd.DataFrame(
+        {
+            "donor": [f"d{i:02d}" for i in np.repeat(np.arange(n_donor), 4)],
+            "batch": [f"b{j}" for j in rng.permutation(np.arange(n) % n_batch)],
+            "condition": np.tile(["a", "b"], n // 2),
+        }
+    )
+    Z = {g: pd.get_dummies(data[g]).to_numpy(float) for g in ("donor", "batch")}
+    X = np.c_[np.ones(n), data["condition"] == "b"].astype(float)
+    Y = (
+        Z["donor"] @ rng.normal(size=(n_donor, m)) * 0.8
+        + Z["batch"] @ rng.normal(size=(n_batch, m)) * 1.2
+        + rng.normal(size=(n, m))
+    )
+    Y[rng.random(Y.shape) < 0.15] = np.nan
+
+    def projection(M):
+        u, sv, _ = np.linalg.svd(M, full_matrices=False)
+        u = u[:, sv > 1e-9 * sv[0]]
+        return u @ u.T, u.shape[1]
+
+    expected = np.empty((m, 2))
+    for f in range(m):
+        obs = np.isfinite(Y[:, f])
+        y = Y[obs, f]
+        Zd, Zb = Z["donor"][obs], Z["batch"][obs]
+        P_all, rank_all = projection(np.c_[X[obs], Zd, Zb])
+        rss_all = y @ y - y @ P_all @ y
+        sigma2 = rss_all / (obs.sum() - rank_all)
+        for j, (Zg, Zo) in enumerate(((Zd, Zb), (Zb, Zd))):
+            P_o, rank_o = projection(np.c_[X[obs], Zo])
+            reduction = y @ P_all @ y - y @ P_o @ y
+            trace = np.trace(Zg.T @ Zg) - np.trace(Zg.T @ P_o @ Zg)
+            between = max(reduction - sigma2 * (rank_all - rank_o), 0.0) / trace
+            expected[f, j] = np.sqrt(between / sigma2)
+    formula = "~ condition + (1|donor) + (1|batch)"
+    start = _starts_of(Y, data, formula, henderson=True)[["donor", "batch"]].to_numpy()
+    np.testing.assert_allclose(start, expected, rtol=1e-6, atol=1e-9)
+    one_way = _starts_of(Y, data, formula, henderson=False)[["donor", "batch"]].to_numpy()
+    assert np.abs(one_way - expected).max() > 0.05
 
 
 def test_minimize_reaches_known_optima_and_reports_the_criterion_there():

@@ -69,8 +69,8 @@ class Elimination(Protocol):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """β̂, SE(β̂), BLUPs (elimination order) and σ̂² at θ."""
 
-    def starts(self, cross: Cross, n_obs: np.ndarray) -> np.ndarray:
-        """``(n_starts, m, n_theta)`` starting points."""
+    def starts(self, cross: Cross, red: Any, n_obs: np.ndarray) -> np.ndarray:
+        """``(n_starts, m, n_theta)`` starting points (``red`` from :meth:`reduce`)."""
 
     def minimize(self, objective: Objective, starts: np.ndarray, fixed: np.ndarray) -> OptSummary:
         """Minimize ``objective`` from ``starts``, coordinates ``fixed`` held at 0."""
@@ -109,11 +109,11 @@ class ScalarElimination:
     def estimates(self, theta, cross, n_obs, p_eff, reml):
         return estimates(theta, cross, self.layout, n_obs, p_eff, reml)
 
-    def starts(self, cross: Cross, n_obs: np.ndarray) -> np.ndarray:
+    def starts(self, cross: Cross, red: Any, n_obs: np.ndarray) -> np.ndarray:
         # Moment estimates (see _starts): on the benchmark designs they beat every common
         # start in 96-100 % of features and the optima do not change without the common
         # starts, so they are the only start.
-        return moment_starts(cross, self.layout, n_obs)[None]
+        return moment_starts(cross, self.layout, n_obs, red)[None]
 
     def minimize(self, objective, starts, fixed):
         return minimize(objective, starts, fixed, lower=self.lower)
@@ -161,7 +161,7 @@ class BlockElimination:
     def correlated(self) -> bool:
         return bool(np.isinf(self.lower).any())
 
-    def starts(self, cross: Cross, n_obs: np.ndarray) -> np.ndarray:
+    def starts(self, cross: Cross, red: Any, n_obs: np.ndarray) -> np.ndarray:
         if not self.correlated:  # as for a scalar term (see ScalarElimination.starts)
             return moment_starts(cross, self.layout, n_obs)[None]
         # Several local optima: SDs start from each of _STARTS with correlations 0, one more

@@ -551,7 +551,7 @@ def _fit_features(
             return elim.criterion(th, red.take(sub), n_g[sub], p_g[sub], reml=reml, order=order)
 
         if k:
-            opt = elim.minimize(objective, elim.starts(cross_g, n_g), fixed[sub_rows])
+            opt = elim.minimize(objective, elim.starts(cross_g, red, n_g), fixed[sub_rows])
             # θ = 0 (no random effects) is a stationary point the descent may not reach from
             # inside; never return a fit worse than it.
             f0, _, _ = objective(np.zeros_like(opt.theta), np.arange(general.size), 0)

@@ -25,30 +25,39 @@ The start is ``θ_g = σ̂_g / σ̂``.  Everything is per feature from ``A`` (no
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 from scipy import sparse
 
 from ._crossprod import Cross
-from ._objective import Layout, _batched_cholesky, reduce
+from ._objective import _BLOCK_BYTES, Layout, Reduced, _batched_cholesky, triangular_inverse
 
 __all__ = ["moment_starts"]
 
-_FULL_LIMIT = 96  # largest system (after the first term) factored for the residual variance
+_FULL_LIMIT = 512  # largest system (after the first term) factored for the residual variance
 
 
-def moment_starts(cross: Cross, layout: Layout, n_obs: np.ndarray) -> np.ndarray:
+def moment_starts(
+    cross: Cross, layout: Layout, n_obs: np.ndarray, red: Reduced | None = None
+) -> np.ndarray:
     """``(m, n_theta)`` moment-based starting values (elimination order) from ``cross``.
 
     ``cross`` holds the cross-products ``[Z X y]'W[Z X y]`` (see :mod:`._crossprod`) laid out
     as ``layout`` says: its first ``b`` terms are the components on the first factor (``b =
-    1`` for a scalar term).  ``n_obs`` are the observations per feature.  Features whose
-    moments are not defined (e.g. no degrees of freedom within levels) start at 1.
+    1`` for a scalar term).  ``n_obs`` are the observations per feature.  With a scalar first
+    term, ``red`` is its :func:`~._objective.reduce` and the starts are Henderson's method III
+    (:func:`_henderson`); otherwise one-way estimates.  Features whose moments are not defined
+    (e.g. no degrees of freedom within levels) start at 1.
     """
     m, k, p = cross.n_features, layout.n_theta, layout.p
     b = cross.structure.b
     rest = cross.rest
+    if red is not None and rest.shape[1] <= _FULL_LIMIT:
+        step = max(1, _BLOCK_BYTES // (8 * rest.shape[1] ** 2))
+        blocks = [
+            _henderson(red.take(slice(a, a + step)), n_obs[a : a + step]) for a in range(0, m, step)
+        ]
+        theta = np.concatenate(blocks) if blocks else np.zeros((0, k))
+        return np.where(np.isfinite(theta), theta, 1.0)
     qr = rest.shape[1] - p - 1
     fixed = slice(qr, qr + p)
     # OLS β̂ from X'WX; a tiny ridge keeps dropped (zeroed, unit-diagonal) columns harmless.
@@ -81,7 +90,7 @@ def moment_starts(cross: Cross, layout: Layout, n_obs: np.ndarray) -> np.ndarray
         if rest.shape[1] <= _FULL_LIMIT:
             # The residual variance, not each one-way within variance: those also hold the
             # terms crossed with g (peptides within a sample), which level means average out.
-            residual = _residual_variance(cross, layout, n)
+            residual = _residual_variance(cross, n)
             noise = residual[:, None]
         else:  # too large to factor per feature: the one-way within variances
             residual = np.min(np.where(within > 0, within, np.inf), axis=1)
@@ -162,33 +171,94 @@ def _unnest(
     return ssb - coarser, levels - coarser_levels
 
 
-def _residual_variance(cross: Cross, layout: Layout, n: np.ndarray) -> np.ndarray:
+def _henderson(red: Reduced, n_obs: np.ndarray) -> np.ndarray:
+    """``(m, k)`` starts ``σ̂_g / σ̂`` by Henderson's method III, for a scalar first term.
+
+    Each term's sum of squares is adjusted for every other term and the fixed effects (the
+    reduction ``R(g | others) = RSS_others − RSS_all``), so a donor's mean no longer carries the
+    batch effects of its samples, nor a sample's those of its batch.  With ``M`` the projection
+    off the others' columns, ``E[R(g | others)] = σ² (rank_all − rank_others) + σ_g² tr(Z_g'MZ_g)``
+    (Searle, Casella & McCulloch 1992, section 5.5).  Term 1 is projected out in closed form
+    (its block is diagonal, ``red`` by level or by count class); its own trace is ``Σ c_l −
+    tr(A_oo⁻¹ A_o1 A_1o)`` over the rest's columns ``o``.  The other terms come from one factor
+    of the term-1-eliminated rest with their columns moved last: the trailing block of that
+    factor is ``Z_g'MZ_g``'s and the response's row holds ``RSS_others``.
+    """
+    layout, c, mult = red.layout, red.counts, red.mult
+    inverse = np.where(c > 0, 1.0 / np.where(c > 0, c, 1.0), 0.0)
+    products = red.weighted(np.stack([inverse, (c > 0).astype(np.float64)], axis=1))
+    eliminated = red.A - products[:, 0]  # term 1 as fixed
+    scale = np.sqrt(np.maximum(np.diagonal(red.A, axis1=1, axis2=2), 1e-300))
+    rank1 = mult.sum(axis=1)  # observed levels
+    d = red.A.shape[1] - 1
+    k = layout.n_theta
+    excess = np.empty((red.A.shape[0], k))  # R(g | others) − σ̂² df_g, once σ̂² is known
+    trace, df = np.empty_like(excess), np.empty_like(excess)
+    # One factor per other term, its columns last (with term 1 alone, one in any order).
+    lasts = [np.arange(c.start, c.stop) for c in _rest_columns(layout, 1)] or [np.arange(0)]
+    for g, cols in enumerate(lasts, start=1):
+        order = np.concatenate([np.setdiff1d(np.arange(d), cols), cols, [d]])
+        L, pivots = _scaled_factor(eliminated, scale, order)
+        n_other = d - cols.size
+        rank_others = rank1 + (pivots[:, :n_other] > 1e-3).sum(axis=1)
+        rank_all = rank_others + (pivots[:, n_other:d] > 1e-3).sum(axis=1)
+        rss_all = (pivots[:, -1] * scale[:, -1]) ** 2
+        if g < k:
+            tail = L[:, n_other:d, n_other:d] * scale[:, cols, None]
+            trace[:, g] = (tail**2).sum(axis=(1, 2))
+            excess[:, g] = (L[:, -1, n_other:] ** 2).sum(axis=1) * scale[:, -1] ** 2 - rss_all
+            df[:, g] = rank_all - rank_others
+    # Term 1: the rest's columns, nothing eliminated.
+    L, pivots = _scaled_factor(red.A, scale)
+    rank_others = (pivots[:, :d] > 1e-3).sum(axis=1)
+    Linv = triangular_inverse(L[:, :d, :d])
+    s = scale[:, :d]
+    crossed = products[:, 1, :d, :d] / s[:, :, None] / s[:, None, :]  # A_o1 A_1o, scaled
+    trace[:, 0] = (mult * c).sum(axis=1) - (np.matmul(Linv, crossed) * Linv).sum(axis=(1, 2))
+    excess[:, 0] = (pivots[:, -1] * scale[:, -1]) ** 2 - rss_all
+    df[:, 0] = rank_all - rank_others
+    with np.errstate(divide="ignore", invalid="ignore"):
+        residual = rss_all / (n_obs - rank_all)
+        between = np.maximum(excess - residual[:, None] * df, 0.0) / trace
+        return np.sqrt(between / residual[:, None])
+
+
+def _scaled_factor(
+    mat: np.ndarray, scale: np.ndarray, order: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cholesky factor of ``mat`` (its rows and columns in ``order``) scaled by the columns'
+    norms, and its pivots.
+
+    Scaled by the columns' own norms, a column in the span of the earlier ones (or of term 1)
+    keeps a ~0 pivot; a ridge of 1e-9 makes those pivots ~3e-5 rather than 0 (the response,
+    last, gets none).  NaN where the factor fails.
+    """
+    corr = mat / scale[:, :, None] / scale[:, None, :]
+    if order is not None:
+        corr = corr.take(order, axis=1).take(order, axis=2)
+    d = corr.shape[1] - 1
+    corr[:, np.arange(d), np.arange(d)] += 1e-9
+    L = _batched_cholesky(corr)[0]
+    return L, np.diagonal(L, axis1=1, axis2=2)
+
+
+def _residual_variance(cross: Cross, n: np.ndarray) -> np.ndarray:
     """``RSS / (n − rank)`` of the response on all columns of ``A`` (random terms as fixed).
 
     The first factor's block is block diagonal (a ``b × b`` block per level), so its columns
     are projected out level by level; one Cholesky factor of the correlation-scaled rest gives
-    its rank (pivots of aliased columns vanish) and the residual sum of squares.
+    its rank and the residual sum of squares.
     """
-    b = cross.structure.b
-    if b <= 1:
-        red = reduce(cross, replace(layout, count_classes=0))  # by level
-        d1 = red.counts
-        rest = red.eliminated(np.where(d1 > 0, 1.0 / np.where(d1 > 0, d1, 1.0), 0.0))
-        rank1 = (d1 > 0).sum(axis=1)
-    else:
-        st = cross.structure
-        m, n_levels, dr = cross.n_features, st.n_levels, st.dim
-        rows = np.zeros((m, n_levels * b, dr))
-        rows[:, st.row_level, st.row_col] = cross.rows
-        rows = rows.reshape(m, n_levels, b, dr)
-        pinv = np.linalg.pinv(cross.first, hermitian=True)  # unobserved levels: 0
-        rest = cross.rest - np.einsum("mlad,mlac,mlce->mde", rows, pinv, rows)
-        rank1 = np.linalg.matrix_rank(cross.first, hermitian=True).sum(axis=1)
+    st, b = cross.structure, cross.structure.b
+    m, n_levels, dr = cross.n_features, st.n_levels, st.dim
+    rows = np.zeros((m, n_levels * b, dr))
+    rows[:, st.row_level, st.row_col] = cross.rows
+    rows = rows.reshape(m, n_levels, b, dr)
+    pinv = np.linalg.pinv(cross.first, hermitian=True)  # unobserved levels: 0
+    rest = cross.rest - np.einsum("mlad,mlac,mlce->mde", rows, pinv, rows)
+    rank1 = np.linalg.matrix_rank(cross.first, hermitian=True).sum(axis=1)
     d = rest.shape[1] - 1
-    # Scaled by the columns' own norms, so a column in the first term's span keeps a ~0 pivot.
     scale = np.sqrt(np.maximum(np.diagonal(cross.rest, axis1=1, axis2=2), 1e-300))
-    corr = rest / scale[:, :, None] / scale[:, None, :]
-    corr[:, np.arange(d), np.arange(d)] += 1e-9  # aliased columns get pivots ~3e-5, not 0
-    pivots = np.diagonal(_batched_cholesky(corr)[0], axis1=1, axis2=2)  # NaN if it fails
+    pivots = _scaled_factor(rest, scale)[1]
     rank = rank1 + (pivots[:, :d] > 1e-3).sum(axis=1)
     return (pivots[:, -1] * scale[:, -1]) ** 2 / (n - rank)
