@@ -65,9 +65,16 @@ class Elimination(Protocol):
         """Criterion, gradient and Hessian in θ (to ``order``)."""
 
     def estimates(
-        self, theta: np.ndarray, cross: Cross, n_obs: np.ndarray, p_eff: np.ndarray, reml: bool
+        self,
+        theta: np.ndarray,
+        cross: Cross,
+        n_obs: np.ndarray,
+        p_eff: np.ndarray,
+        reml: bool,
+        red: Any = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """β̂, SE(β̂), BLUPs (elimination order) and σ̂² at θ."""
+        """β̂, SE(β̂), BLUPs (elimination order) and σ̂² at θ (``red``: :meth:`reduce` of the
+        same features, if at hand)."""
 
     def starts(self, cross: Cross, red: Any, n_obs: np.ndarray) -> np.ndarray:
         """``(n_starts, m, n_theta)`` starting points (``red`` from :meth:`reduce`)."""
@@ -106,8 +113,8 @@ class ScalarElimination:
     def criterion(self, theta, red, n_obs, p_eff, *, reml, order):
         return criterion(theta, red, n_obs, p_eff, reml=reml, order=order)
 
-    def estimates(self, theta, cross, n_obs, p_eff, reml):
-        return estimates(theta, cross, self.layout, n_obs, p_eff, reml)
+    def estimates(self, theta, cross, n_obs, p_eff, reml, red=None):
+        return estimates(theta, cross, self.layout, n_obs, p_eff, reml, red)
 
     def starts(self, cross: Cross, red: Any, n_obs: np.ndarray) -> np.ndarray:
         # Moment estimates (see _starts): on the benchmark designs they beat every common
@@ -154,7 +161,8 @@ class BlockElimination:
     def criterion(self, theta, red, n_obs, p_eff, *, reml, order):
         return dense_criterion(theta, red, n_obs, p_eff, self.dense, reml=reml, order=order)
 
-    def estimates(self, theta, cross, n_obs, p_eff, reml):
+    def estimates(self, theta, cross, n_obs, p_eff, reml, red=None):
+        # The criterion's reduction holds per-level products, not the rows the modes need.
         return dense_estimates(theta, cross, self.dense, n_obs, p_eff, reml)
 
     @property

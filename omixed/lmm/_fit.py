@@ -542,6 +542,7 @@ def _fit_features(
         reason[sel[~converged[sel]]] = "no convergence of the one-dimensional search"
 
     general = np.flatnonzero(~shortcut)
+    red = None
     if general.size:
         n_g, p_g, sub_rows = n_ok[general], p_ok[general], rows[general]
         cross_g = cross_ok.take(general)
@@ -576,7 +577,9 @@ def _fit_features(
 
     rel_var = np.full((m, layout.n_theta), np.nan)
     rel_cov = np.full((m, len(design.covariances)), np.nan)
-    est = elim.estimates(theta[rows], cross_ok, n_ok, p_ok, reml)
+    est = elim.estimates(
+        theta[rows], cross_ok, n_ok, p_ok, reml, red if general.size == rows.size else None
+    )
     rel_var[rows], rel_cov[rows] = elim.relative_covariances(theta[rows])
     beta = np.full((m, p), np.nan)
     se = np.full((m, p), np.nan)

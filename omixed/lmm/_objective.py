@@ -578,13 +578,15 @@ def estimates(
     n_obs: np.ndarray,
     p_eff: np.ndarray,
     reml: bool,
+    red: Reduced | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """β̂, SE(β̂), BLUPs Λũ (elimination order) and σ̂² at θ, through the same elimination.
 
     The reduced system ``Ω̃`` is the Schur complement of term 1's diagonal block ``D₁ = I +
     θ₁² diag(c)`` in ``Ω``: its leading block solves for ``x = (ũ_r, β̂)``, the β block of its
     inverse is ``Cov(β̂)/σ̂²``, and term 1's modes follow by back-substitution,
-    ``ũ₁ = θ₁ (A_1y − A_1r S_r x) / D₁``.
+    ``ũ₁ = θ₁ (A_1y − A_1r S_r x) / D₁``.  ``red`` is :func:`reduce` of ``cross``, by level
+    or by count class (reduced here by level if not given).
     """
     m = cross.n_features
     k = layout.n_theta
@@ -592,7 +594,8 @@ def estimates(
     qr = layout.q - q1
     scale = np.ones((m, layout.dim - q1))
     scale[:, :qr] = theta[:, layout.term_of()[q1:]]
-    red = reduce(cross, replace(layout, count_classes=0))  # by level: weights need no classes
+    if red is None:
+        red = reduce(cross, replace(layout, count_classes=0))
     if k:
         t1 = theta[:, :1]
         A_t = red.eliminated(t1**2 / (1.0 + t1**2 * red.counts))
