@@ -626,6 +626,27 @@ def test_henderson_starts_equal_method_iii_from_explicit_projections():
     assert np.abs(one_way - expected).max() > 0.05
 
 
+def test_a_term_nested_in_a_finer_one_keeps_its_one_way_start():
+    """Samples within batches: the batch columns lie in the span of the sample columns, so
+    method III has no sum of squares for batch (R(batch | sample) = 0 on 0 df); batch keeps the
+    one-way start (its variation between batches, net of the samples'), never a start of 0."""
+    rng = np.random.default_rng(13)
+    n_batch, per_batch, reps, m = 6, 4, 3, 30
+    sample = np.repeat(np.arange(n_batch * per_batch), reps)
+    batch = sample // per_batch
+    data = pd.DataFrame({"batch": [f"b{b}" for b in batch], "sample": [f"s{i}" for i in sample]})
+    Y = (
+        rng.normal(size=(n_batch, m))[batch] * 2.0
+        + rng.normal(size=(n_batch * per_batch, m))[sample]
+        + rng.normal(size=(sample.size, m))
+    )
+    formula = "~ 1 + (1|batch) + (1|sample)"
+    both = _starts_of(Y, data, formula, henderson=True)
+    one_way = _starts_of(Y, data, formula, henderson=False)
+    np.testing.assert_allclose(both["batch"], one_way["batch"], rtol=1e-10)
+    assert (both["batch"] > 0).sum() >= 25
+
+
 def test_minimize_reaches_known_optima_and_reports_the_criterion_there():
     """Separable quartics Σ_j (θ_j² − a_j)² + b_j θ_j²: θ_j* = √(a_j − b_j/2), or 0 at the bound.
 

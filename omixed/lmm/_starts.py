@@ -45,19 +45,20 @@ def moment_starts(
     as ``layout`` says: its first ``b`` terms are the components on the first factor (``b =
     1`` for a scalar term).  ``n_obs`` are the observations per feature.  With a scalar first
     term, ``red`` is its :func:`~._objective.reduce` and the starts are Henderson's method III
-    (:func:`_henderson`); otherwise one-way estimates.  Features whose moments are not defined
-    (e.g. no degrees of freedom within levels) start at 1.
+    (:func:`_henderson`) for every term that adds columns to the others' (one-way estimates
+    otherwise).  Features whose moments are not defined (e.g. no degrees of freedom within
+    levels) start at 1.
     """
     m, k, p = cross.n_features, layout.n_theta, layout.p
     b = cross.structure.b
     rest = cross.rest
+    method3 = None
     if red is not None and rest.shape[1] <= _FULL_LIMIT:
         step = max(1, _BLOCK_BYTES // (8 * rest.shape[1] ** 2))
-        blocks = [
+        parts = [
             _henderson(red.take(slice(a, a + step)), n_obs[a : a + step]) for a in range(0, m, step)
         ]
-        theta = np.concatenate(blocks) if blocks else np.zeros((0, k))
-        return np.where(np.isfinite(theta), theta, 1.0)
+        method3 = [np.concatenate(x) for x in zip(*parts, strict=True)]
     qr = rest.shape[1] - p - 1
     fixed = slice(qr, qr + p)
     # OLS β̂ from X'WX; a tiny ridge keeps dropped (zeroed, unit-diagonal) columns harmless.
@@ -90,12 +91,16 @@ def moment_starts(
         if rest.shape[1] <= _FULL_LIMIT:
             # The residual variance, not each one-way within variance: those also hold the
             # terms crossed with g (peptides within a sample), which level means average out.
-            residual = _residual_variance(cross, n)
+            residual = _residual_variance(cross, n) if method3 is None else method3[2]
             noise = residual[:, None]
         else:  # too large to factor per feature: the one-way within variances
             residual = np.min(np.where(within > 0, within, np.inf), axis=1)
             noise = within
         between = np.maximum(ssb / df - noise, 0.0) / n0
+        if method3 is not None:
+            # A term nested in a finer one (batches over their samples) adds no columns to
+            # the others': it has no method III sum of squares and keeps its one-way start.
+            between = np.where(method3[1] >= 1, method3[0], between)
         theta = np.sqrt(between / residual[:, None])
     return np.where(np.isfinite(theta), theta, 1.0)
 
@@ -171,8 +176,9 @@ def _unnest(
     return ssb - coarser, levels - coarser_levels
 
 
-def _henderson(red: Reduced, n_obs: np.ndarray) -> np.ndarray:
-    """``(m, k)`` starts ``σ̂_g / σ̂`` by Henderson's method III, for a scalar first term.
+def _henderson(red: Reduced, n_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Henderson's method III for a scalar first term: ``(m, k)`` variances ``σ̂²_g``, the
+    ``(m, k)`` columns each term adds to the others' rank, and ``(m,)`` residual variances ``σ̂²``.
 
     Each term's sum of squares is adjusted for every other term and the fixed effects (the
     reduction ``R(g | others) = RSS_others − RSS_all``), so a donor's mean no longer carries the
@@ -220,7 +226,7 @@ def _henderson(red: Reduced, n_obs: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         residual = rss_all / (n_obs - rank_all)
         between = np.maximum(excess - residual[:, None] * df, 0.0) / trace
-        return np.sqrt(between / residual[:, None])
+    return between, df, residual
 
 
 def _scaled_factor(
