@@ -33,7 +33,7 @@ from ._objective import _BLOCK_BYTES, Layout, Reduced, _batched_cholesky, triang
 
 __all__ = ["moment_starts"]
 
-_FULL_LIMIT = 512  # largest system (after the first term) factored for the residual variance
+_FULL_LIMIT = 96  # largest rest factored per feature for the starts (method III: ~an iteration)
 
 
 def moment_starts(
