@@ -123,6 +123,7 @@ def cross_from_dense(A: np.ndarray, q1: int):
         row_level=np.repeat(np.arange(q1), d),
         row_col=np.tile(np.arange(d), q1),
         starts=np.arange(q1 + 1) * d,
+        row_order=None,  # no data rows
     )
     first = np.diagonal(A[:, :q1, :q1], axis1=1, axis2=2).reshape(m, q1, 1, 1).copy()
     rows = np.ascontiguousarray(A[:, :q1, q1:]).reshape(m, q1 * d)

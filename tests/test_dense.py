@@ -189,6 +189,52 @@ def test_correlated_fits_do_not_depend_on_chunks_or_jobs(formula):
             pd.testing.assert_frame_equal(other.blup[term], blup, check_exact=True)
 
 
+@pytest.mark.parametrize(
+    "formula", ["~ Days + (Days|Subject)", "~ Days + (Days|Subject) + (1|batch)"]
+)
+def test_fits_do_not_depend_on_the_order_of_the_samples(formula):
+    """No two rows share their design, so the sums over rows run in one order whatever the
+    samples' order: the results are the same bitwise (missing values included)."""
+    data, Y = _sleepstudy_like(20)
+    Y[np.random.default_rng(6).random(Y.shape) < 0.1] = np.nan
+    ref = lmm.fit(Y, data, formula)
+    perm = np.random.default_rng(7).permutation(len(data))
+    other = lmm.fit(Y[perm], data.iloc[perm].reset_index(drop=True), formula)
+    for name in ("criterion", "theta", "beta", "se", "variance"):
+        pd.testing.assert_frame_equal(
+            pd.DataFrame(getattr(other, name)), pd.DataFrame(getattr(ref, name)), check_exact=True
+        )
+
+
+def test_a_criterion_with_two_valleys_picks_one_whatever_the_sample_order():
+    """Found by a long fuzz run: 9 near-constant values, 4 donors with correlated slopes (2 + 8
+    coefficients).  The criterion has lme4's optimum at θ ≈ (0.24, 0, 1.18), -222.60, and a far
+    valley where σ → 0 (-228.20).  Summed in the rows' given order, the rounding of the
+    cross-products sent this permutation into the far valley."""
+    y = np.array(
+        [np.nan, 20.000000021209683, np.nan, 19.99999997591114, np.nan, 20.000000007068888,
+         20.000000010156327, 19.999999964427484, 20.000000033334988, 20.00000001693753,
+         20.000000021659485, 20.000000037058953]
+    )  # fmt: skip
+    data = pd.DataFrame(
+        {
+            "donor": np.repeat(["d0", "d1", "d2", "d3"], 3),
+            "condition": list("cctctcctttcc"),
+            "x": [-0.399936, 0.209969, 0.193130, 0.501182, -1.683728, 0.881044, -0.574105,
+                  -2.010512, -0.484388, 1.471296, 0.433366, -0.244229],
+        }
+    )  # fmt: skip
+    formula = "~ condition + (x|donor)"
+    ref = lmm.fit(y[:, None], data, formula)
+    perm = np.array([6, 2, 11, 7, 9, 8, 4, 3, 1, 0, 10, 5])
+    other = lmm.fit(y[perm, None], data.iloc[perm].reset_index(drop=True), formula)
+    assert other.criterion.iloc[0] == ref.criterion.iloc[0]
+    np.testing.assert_array_equal(other.theta.to_numpy(), ref.theta.to_numpy())
+    # lme4 (nloptwrap and Nelder_Mead) stops at REML criterion -29.18708 on y' = (y - 20)·1e6;
+    # on y that is -29.18708 - 2·7·log(1e6) = -222.6042 (n − p = 7).
+    assert abs(ref.criterion.iloc[0] - (-29.18708 - 14 * np.log(1e6))) < 1e-4
+
+
 # Several terms on one factor without correlations: eliminated level by level with a diagonal T.
 SCALAR_GROUPS = [
     "~ x + (x||g)",

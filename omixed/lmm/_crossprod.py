@@ -50,6 +50,7 @@ class CrossProducts:
     row_level: np.ndarray  # (places,) l·b + a of each place, sorted (then by column)
     row_col: np.ndarray  # (places,) rest column of each place
     starts: np.ndarray  # (L·b + 1,) first place of each (l, a)
+    row_order: np.ndarray  # (n,) the rows sorted by their design content (see from_terms)
 
     @classmethod
     def from_terms(
@@ -76,6 +77,13 @@ class CrossProducts:
             np.concatenate([key_x.ravel(), key_y.ravel(), every]), return_inverse=True
         )
         row_level, row_col = np.divmod(keys, dim)
+        # Sums over the rows run in this order, so that the cross-products (bitwise) and the fit
+        # do not depend on the order of the samples: a degenerate criterion with several valleys
+        # sent the optimizer into either one on a rounding difference.  Rows are keyed by term
+        # 1's level and values and by a fixed random projection of their rest (equal rows, equal
+        # keys: their order is kept).
+        probe = np.random.default_rng(0).uniform(1.0, 2.0, size=rest.shape[1])
+        row_order = np.lexsort((rest @ probe, *values.T[::-1], codes))
         return cls(
             n_levels,
             b,
@@ -88,6 +96,7 @@ class CrossProducts:
             as_index(row_level),
             as_index(row_col),
             as_index(np.searchsorted(row_level, np.arange(n_levels * b + 1))),
+            as_index(row_order),
         )
 
     @property
@@ -118,6 +127,7 @@ class CrossProducts:
             np.ascontiguousarray(M.data, dtype=np.float64),
             self.x_place,
             self.y_place,
+            self.row_order,
             first,
             rows,
             rest,

@@ -380,10 +380,15 @@ def prepare(Yt: np.ndarray, design: Design, weights: np.ndarray | None = None) -
     safe_n = np.maximum(n_obs, 1.0)
     # In units of each feature's largest |value|, so that squares neither overflow (values
     # near 1e300) nor underflow (near 1e-200): the fit is equivariant over float64's range.
+    # Summed in the design's row order, as the cross-products are (sample order changes
+    # nothing).
     peak = np.abs(Y0).max(axis=1, initial=0.0)
     peak = np.where(peak > 0, peak, 1.0)
-    mean = (Y0 / peak[:, None]).sum(axis=1) / safe_n * peak
-    deviation = W * (Y0 - mean[:, None]) / peak[:, None]
+    order = design.cross_products.row_order
+    # Contiguous rows: numpy sums a strided row in another order (chunk-dependent results).
+    in_order = np.ascontiguousarray(Y0[:, order])
+    mean = (in_order / peak[:, None]).sum(axis=1) / safe_n * peak
+    deviation = np.ascontiguousarray(W[:, order]) * (in_order - mean[:, None]) / peak[:, None]
     spread = np.sqrt((deviation**2).sum(axis=1) / safe_n) * peak
     center = mean if design.intercept is not None else np.zeros(m)
     scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)

@@ -17,18 +17,21 @@ __all__ = ["class_sums", "cross_products", "derivative_sums", "level_sums"]
 
 
 @njit(cache=True, nogil=True)
-def cross_products(Y, W, codes, z, indptr, indices, data, x_place, y_place, first, rows, rest):
+def cross_products(
+    Y, W, codes, z, indptr, indices, data, x_place, y_place, order, first, rows, rest
+):
     """Add every observed row's products into ``first``, ``rows`` and ``rest`` (see _crossprod).
 
     Row ``r`` has term 1's level ``codes[r]`` with values ``z[r]`` (b components) and the rest's
     entries ``indices/data[indptr[r]:indptr[r + 1]]``; ``x_place[k, a]`` is the place of its
     ``k``-th entry against component ``a`` in ``rows``, ``y_place[r, a]`` that of the response.
+    Rows are added in ``order``.
     """
-    m, n = Y.shape
+    m = Y.shape[0]
     b = z.shape[1]
     d = rest.shape[1] - 1
     for f in range(m):
-        for r in range(n):
+        for r in order:
             w = W[f, r]
             if w == 0.0:
                 continue
