@@ -27,6 +27,10 @@ _MAX_CHUNK = 8192
 # overhead (OpenBLAS threads small products badly on a loaded machine); above it, a worker's
 # share of the cores speeds up the few large factorizations.
 _THREADED_DIM = 512
+# Squared residual norm, relative to the column's own, treated as exact 0: a fixed-effect column
+# aliased with earlier ones, values fit exactly by the fixed effects (prepare) or almost exactly
+# by the random effects (the fit).
+_EXACT = 1e-9
 
 
 def _check_response(Y: np.ndarray, n_rows: int, nonfinite: str) -> np.ndarray:
@@ -398,7 +402,7 @@ def prepare(Yt: np.ndarray, design: Design, weights: np.ndarray | None = None) -
     cross = design.cross_products(Ys, W)
     # Fixed effects not estimable from a feature's rows are dropped (as lme4 does).
     rest, qr = cross.rest, design.rest_dim - p - 1
-    aliased = aliased_mask(rest[:, qr:, qr:])
+    aliased = aliased_mask(rest[:, qr:, qr:], _EXACT)
     dropped = aliased[:, :p]
     f, c = np.nonzero(dropped)
     rest[f, qr + c, :] = 0.0
@@ -428,7 +432,6 @@ def singleton_terms(Y: np.ndarray, spec: ModelSpec, order: np.ndarray) -> np.nda
     return out
 
 
-_EXACT = 1e-9  # residual sum of squares, relative to the response's, treated as exact 0
 _FLAT = 1e-10  # relative criterion change below which a variance is not identified
 
 
@@ -591,11 +594,12 @@ def _fit_features(
     blup = np.full((m, q), np.nan)
     sigma2 = np.full(m, np.nan)
     beta[rows], se[rows], blup[rows], sigma2[rows] = est
+    dof = (n_obs - p_eff) if reml else n_obs
     # As with the fixed effects alone (prepare), a penalized residual sum of squares below
     # 1e-9 of the response's is beyond what the cross-products resolve: the criterion there
     # is rounding noise, and θ̂ (σ̂ → 0) with it.
     with np.errstate(invalid="ignore"):
-        tiny = sigma2 * ((n_obs - p_eff) if reml else n_obs) < _EXACT * cross.rest[:, -1, -1]
+        tiny = sigma2 * dof < _EXACT * cross.rest[:, -1, -1]
     nearly_exact = ok & converged & tiny
     converged[nearly_exact] = False
     reason[nearly_exact] = (
@@ -615,7 +619,6 @@ def _fit_features(
     blup *= scale[:, None]
     with np.errstate(over="ignore"):
         sigma2 *= scale**2
-    dof = (n_obs - p_eff) if reml else n_obs
     crit = crit + dof * 2.0 * np.log(scale)
     huge = ok & converged & np.isinf(sigma2)
     converged[huge] = False

@@ -55,13 +55,13 @@ def moment_starts(
     m, k, p = cross.n_features, layout.n_theta, layout.p
     b = cross.structure.b
     rest = cross.rest
-    method3 = None
-    if red is not None and rest.shape[1] <= _FULL_LIMIT:
+    method3 = red is not None and rest.shape[1] <= _FULL_LIMIT
+    if method3:
         step = max(1, _BLOCK_BYTES // (8 * rest.shape[1] ** 2))
         parts = [
             _henderson(red.take(slice(a, a + step)), n_obs[a : a + step]) for a in range(0, m, step)
         ]
-        method3 = [np.concatenate(x) for x in zip(*parts, strict=True)]
+        h_between, h_df, h_residual = (np.concatenate(x) for x in zip(*parts, strict=True))
     qr = rest.shape[1] - p - 1
     fixed = slice(qr, qr + p)
     # OLS β̂ from X'WX; a tiny ridge keeps dropped (zeroed, unit-diagonal) columns harmless.
@@ -94,16 +94,16 @@ def moment_starts(
         if rest.shape[1] <= _FULL_LIMIT:
             # The residual variance, not each one-way within variance: those also hold the
             # terms crossed with g (peptides within a sample), which level means average out.
-            residual = _residual_variance(cross, n) if method3 is None else method3[2]
+            residual = h_residual if method3 else _residual_variance(cross, n)
             noise = residual[:, None]
         else:  # too large to factor per feature: the one-way within variances
             residual = np.min(np.where(within > 0, within, np.inf), axis=1)
             noise = within
         between = np.maximum(ssb / df - noise, 0.0) / n0
-        if method3 is not None:
+        if method3:
             # A term nested in a finer one (batches over their samples) adds no columns to
             # the others': it has no method III sum of squares and keeps its one-way start.
-            between = np.where(method3[1] >= 1, method3[0], between)
+            between = np.where(h_df >= 1, h_between, between)
         theta = np.sqrt(between / residual[:, None])
     return np.where(np.isfinite(theta), theta, 1.0)
 
@@ -204,13 +204,13 @@ def _henderson(red: Reduced, n_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     excess = np.empty((red.A.shape[0], k))  # R(g | others) − σ̂² df_g, once σ̂² is known
     trace, df = np.empty_like(excess), np.empty_like(excess)
     # One factor per other term, its columns last (with term 1 alone, one in any order).
-    lasts = [np.arange(c.start, c.stop) for c in _rest_columns(layout, 1)] or [np.arange(0)]
+    lasts = [np.arange(t.start, t.stop) for t in _rest_columns(layout, 1)] or [np.arange(0)]
     for g, cols in enumerate(lasts, start=1):
         order = np.concatenate([np.setdiff1d(np.arange(d), cols), cols, [d]])
         L, pivots = _scaled_factor(eliminated, scale, order)
         n_other = d - cols.size
-        rank_others = rank1 + (pivots[:, :n_other] > 1e-3).sum(axis=1)
-        rank_all = rank_others + (pivots[:, n_other:d] > 1e-3).sum(axis=1)
+        rank_others = rank1 + _rank(pivots[:, :n_other])
+        rank_all = rank_others + _rank(pivots[:, n_other:d])
         rss_all = (pivots[:, -1] * scale[:, -1]) ** 2
         if g < k:
             tail = L[:, n_other:d, n_other:d] * scale[:, cols, None]
@@ -219,7 +219,7 @@ def _henderson(red: Reduced, n_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray,
             df[:, g] = rank_all - rank_others
     # Term 1: the rest's columns, nothing eliminated.
     L, pivots = _scaled_factor(red.A, scale)
-    rank_others = (pivots[:, :d] > 1e-3).sum(axis=1)
+    rank_others = _rank(pivots[:, :d])
     Linv = triangular_inverse(L[:, :d, :d])
     s = scale[:, :d]
     crossed = products[:, 1, :d, :d] / s[:, :, None] / s[:, None, :]  # A_o1 A_1o, scaled
@@ -251,6 +251,11 @@ def _scaled_factor(
     return L, np.diagonal(L, axis1=1, axis2=2)
 
 
+def _rank(pivots: np.ndarray) -> np.ndarray:
+    """Columns of a :func:`_scaled_factor` with a pivot above ~0 (aliased ones get ~3e-5)."""
+    return (pivots > 1e-3).sum(axis=1)
+
+
 def _residual_variance(cross: Cross, n: np.ndarray) -> np.ndarray:
     """``RSS / (n − rank)`` of the response on all columns of ``A`` (random terms as fixed).
 
@@ -269,5 +274,5 @@ def _residual_variance(cross: Cross, n: np.ndarray) -> np.ndarray:
     d = rest.shape[1] - 1
     scale = np.sqrt(np.maximum(np.diagonal(cross.rest, axis1=1, axis2=2), 1e-300))
     pivots = _scaled_factor(rest, scale)[1]
-    rank = rank1 + (pivots[:, :d] > 1e-3).sum(axis=1)
+    rank = rank1 + _rank(pivots[:, :d])
     return (pivots[:, -1] * scale[:, -1]) ** 2 / (n - rank)
